@@ -1,0 +1,259 @@
+"""The engine: one request in, replies and watch events out.
+
+Theory of operation:
+
+1. :meth:`Engine.handle` takes one decoded request of one connection and
+   never waits, so every request is atomic without locks; requests of one
+   connection are handled strictly in arrival order, as C does.
+2. Dispatch follows C's order (PROTOCOL.md 1.2): unknown type -> ENOSYS;
+   privileged-only type from an unprivileged caller -> EACCES; a non-zero
+   ``tx_id`` that names no open transaction of the connection -> ENOENT
+   (WATCH and UNWATCH ignore ``tx_id``); then the operation.
+3. An operation either raises an :class:`~pyxenstored.errors.XsError`,
+   which becomes the ERROR reply here and nowhere else, or returns its
+   reply payload.  Operations check everything before changing anything,
+   so an error never leaves a half-applied change.
+4. Changes recorded by the store fire watches *before* the success reply
+   is queued, so a connection watching what it writes sees the event
+   first and the ``OK`` second, as clients of C expect.  WATCH queues its
+   own ``OK`` and then the initial event.
+5. Output is queued on each :class:`Connection`; the connections that got
+   output are collected in :attr:`Engine.pending` for the I/O shell.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from pyxenstored.engine.connections import Connection
+from pyxenstored.engine.features import DEFAULT_DOMAIN_FEATURES
+from pyxenstored.engine.handlers import HANDLERS, NOTID, PRIV
+from pyxenstored.errors import NoEntry, NotSupported, PermissionDenied, XsError
+from pyxenstored.paths import SPECIAL_NODES, parent_of
+from pyxenstored.perms import Access, Perms, access_for
+from pyxenstored.store.node import Change
+from pyxenstored.store.quota import Limits, QuotaRule, Quotas
+from pyxenstored.store.tree import Store
+from pyxenstored.watches import WatchTable
+from pyxenstored.wire.ops import PAYLOAD_MAX, Op, ServerFeature
+from pyxenstored.wire.packet import HEADER, Packet
+from pyxenstored.wire.payload import ENCODING
+
+__all__ = ["Engine", "EngineConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Settings of the pure core (the daemon's command line fills them)."""
+
+    #: The privileged domain (C ``-p``); socket clients act as it.
+    priv_domid: int = 0
+    limits: Limits = field(default_factory=Limits)
+    quota_rule: QuotaRule = QuotaRule.AT_MOST_N
+
+
+class Engine:
+    """All of xenstored's state and the request handlers."""
+
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        domain_exists: Callable[[int], bool] | None = None,
+    ) -> None:
+        self.config = config or EngineConfig()
+        self.priv_domid = self.config.priv_domid
+        self.store = Store(self.priv_domid)
+        self.quotas = Quotas(self.config.limits, self.config.quota_rule)
+        self.watches = WatchTable()
+        self.connections: dict[int, Connection] = {}
+        #: Connections that got output since :meth:`take_pending`.
+        self.pending: dict[int, Connection] = {}
+        self._next_conn_id = 1
+        #: Asks the hypervisor whether a domain exists (SET_PERMS marks
+        #: entries naming absent domains stale).
+        self._domain_exists = domain_exists
+        #: Ring connections of introduced domains, by domid.
+        self.introduced: dict[int, Connection] = {}
+        #: SET_FEATURE values waiting for (or used by) INTRODUCE.
+        self.feature_overrides: dict[int, ServerFeature] = {}
+        #: Set by CONTROL ``log``; the shell reads it.
+        self.logging_enabled = True
+        #: Messages from CONTROL ``print`` and the like, for the shell.
+        self.messages: list[str] = []
+
+    # -- connections --------------------------------------------------------
+
+    def _connect(self, domid: int, *, is_socket: bool) -> Connection:
+        conn = Connection(
+            self._next_conn_id,
+            domid,
+            is_socket=is_socket,
+            privileged=is_socket or domid == self.priv_domid,
+        )
+        self._next_conn_id += 1
+        self.connections[conn.id] = conn
+        return conn
+
+    def connect_socket(self) -> Connection:
+        """A new local socket client; it acts as the privileged domain."""
+        return self._connect(self.priv_domid, is_socket=True)
+
+    def connect_domain(self, domid: int) -> Connection:
+        """A new ring connection of a domain."""
+        return self._connect(domid, is_socket=False)
+
+    def disconnect(self, conn: Connection) -> None:
+        """Forget a connection: its watches, transactions and output go."""
+        self.reset_connection(conn)
+        conn.closed = True
+        self.connections.pop(conn.id, None)
+        self.pending.pop(conn.id, None)
+
+    def reset_connection(self, conn: Connection) -> None:
+        """Drop watches, transactions and queued output of a connection."""
+        self.watches.remove_all(conn.id)
+        conn.transactions.clear()
+        conn.take_output()
+
+    def domain_exists(self, domid: int) -> bool:
+        if domid == self.priv_domid:
+            return True
+        if self._domain_exists is not None:
+            return self._domain_exists(domid)
+        return domid in self.introduced
+
+    def is_introduced(self, domid: int) -> bool:
+        return domid in self.introduced
+
+    def domain_features(self, domid: int) -> ServerFeature:
+        """The ``server_features`` word a domain is given."""
+        return self.feature_overrides.get(domid, DEFAULT_DOMAIN_FEATURES)
+
+    def usage(self, domid: int) -> dict[str, int]:
+        """What a domain currently uses of each quota."""
+        conns = [c for c in self.connections.values() if c.domid == domid and not c.is_socket]
+        return {
+            "nodes": self.store.owned(domid),
+            "watches": sum(self.watches.count(c.id) for c in conns),
+            "transactions": sum(len(c.transactions) for c in conns),
+        }
+
+    def report(self) -> dict[str, int]:
+        """Sizes for CONTROL ``memreport``."""
+        store = self.store
+        return {
+            "nodes": len(store.nodes),
+            "value-bytes": sum(len(n.value) for n in store.nodes.values()),
+            "path-bytes": sum(len(p) for p in store.nodes),
+            "watches": len(self.watches),
+            "connections": len(self.connections),
+            "transactions": sum(len(c.transactions) for c in self.connections.values()),
+            "domains": len(self.introduced),
+        }
+
+    def take_pending(self) -> list[Connection]:
+        """The connections with queued output, in the order they got it."""
+        if not self.pending:
+            return []
+        conns = list(self.pending.values())
+        self.pending.clear()
+        return conns
+
+    # -- dispatch ------------------------------------------------------------
+
+    def handle(self, conn: Connection, packet: Packet) -> None:
+        """Handle one request of ``conn``; replies and events are queued."""
+        entry = HANDLERS.get(packet.op)
+        try:
+            if entry is None:
+                raise NotSupported()
+            func, flags = entry
+            if flags & PRIV and not conn.privileged:
+                raise PermissionDenied()
+            tx = None
+            if packet.tx_id and not flags & NOTID:
+                tx = conn.transactions.get(packet.tx_id)
+                if tx is None:
+                    raise NoEntry("no such transaction")
+            payload = func(self, conn, packet, tx)
+        except XsError as error:
+            self.store.changes.clear()
+            self.reply_error(conn, packet, error.code)
+            return
+        if self.store.changes:
+            changes = self.store.changes
+            self.store.changes = []
+            self.fire(changes)
+        if payload is not None:
+            self.reply(conn, packet, payload)
+
+    def reply(self, conn: Connection, packet: Packet, payload: bytes) -> None:
+        """Queue the success reply of a request (E2BIG if it cannot fit)."""
+        if len(payload) > PAYLOAD_MAX:
+            self.reply_error(conn, packet, "E2BIG")
+            return
+        conn.queue(
+            HEADER.pack(packet.op, packet.req_id, packet.tx_id, len(payload)) + payload
+        )
+        self.pending[conn.id] = conn
+
+    def reply_error(self, conn: Connection, packet: Packet, code: str) -> None:
+        payload = code.encode() + b"\0"
+        conn.queue(
+            HEADER.pack(Op.ERROR, packet.req_id, packet.tx_id, len(payload)) + payload
+        )
+        self.pending[conn.id] = conn
+
+    # -- watch events ----------------------------------------------------------
+
+    def fire(self, changes: Iterable[Change]) -> None:
+        """Queue the watch events a list of changes causes."""
+        connections = self.connections
+        for change in changes:
+            matched = list(self.watches.matches(change.path, change.exact))
+            if not matched:
+                continue
+            if len(matched) > 1:
+                matched.sort(key=lambda w: w.seq)
+            for watch in matched:
+                conn = connections.get(watch.conn_id)
+                if conn is None:
+                    continue
+                if not conn.privileged and not self._may_see(conn, change):
+                    continue
+                self.queue_event(conn, watch.event_path(change.path), watch.token)
+
+    def fire_special(self, name: str) -> None:
+        """Fire ``@introduceDomain`` or ``@releaseDomain``."""
+        node = self.store.special[name]
+        self.fire([Change(name, True, (node.perms,))])
+
+    def _may_see(self, conn: Connection, change: Change) -> bool:
+        """XSA-115: tell only callers that may read the node or its parent."""
+        candidates: tuple[Perms, ...] = change.perms
+        if change.path not in SPECIAL_NODES:
+            parent = self.store.get(parent_of(change.path))
+            if parent is not None:
+                candidates = (*candidates, parent.perms)
+        return any(
+            access_for(p, conn.domid, conn.target, False) & Access.READ
+            for p in candidates
+        )
+
+    def queue_event(self, conn: Connection, path: str, token: str) -> None:
+        """Queue one WATCH_EVENT, dropping an identical one still queued."""
+        payload = f"{path}\0{token}\0".encode(ENCODING)
+        if len(payload) > PAYLOAD_MAX:
+            log.warning("%s: watch event for %s too large, dropped", conn.describe(), path)
+            return
+        if path[0] != "@":
+            if payload in conn.queued_events:
+                return
+            conn.queued_events.add(payload)
+        conn.queue(HEADER.pack(Op.WATCH_EVENT, 0, 0, len(payload)) + payload)
+        self.pending[conn.id] = conn

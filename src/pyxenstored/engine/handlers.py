@@ -1,0 +1,314 @@
+"""The request handlers, one function per message type.
+
+Each handler takes ``(engine, conn, packet, tx)`` and returns the success
+payload, or ``None`` when it queued its reply itself; it raises an
+``XsError`` to fail.  :data:`HANDLERS` maps each type to its handler and
+the dispatch flags of C's ``wire_funcs`` table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pyxenstored import paths
+from pyxenstored.engine import control, features
+from pyxenstored.errors import (
+    AlreadyExists,
+    Busy,
+    InvalidArgument,
+    NoEntry,
+    NoSpace,
+    PermissionDenied,
+    TooBig,
+)
+from pyxenstored.perms import (
+    DOMID_SELF,
+    Access,
+    Perms,
+    access_for,
+    format_perms,
+    parse_domid,
+    parse_perms,
+)
+from pyxenstored.store import tree
+from pyxenstored.store.quota import QuotaRule
+from pyxenstored.store.transaction import Transaction
+from pyxenstored.wire.ops import PAYLOAD_MAX, Op
+from pyxenstored.wire.packet import Packet
+from pyxenstored.wire.payload import ENCODING, join_args, one_arg, split_args, split_value
+
+if TYPE_CHECKING:
+    from pyxenstored.engine.connections import Connection
+    from pyxenstored.engine.engine import Engine
+
+__all__ = ["HANDLERS", "NOTID", "PRIV"]
+
+#: The handler ignores ``tx_id`` (WATCH, UNWATCH).
+NOTID = 1
+#: Privileged callers only.
+PRIV = 2
+
+Handler = Callable[["Engine", "Connection", Packet, "Transaction | None"], "bytes | None"]
+
+OK = b"OK\0"
+
+
+def canonical(
+    engine: Engine, conn: Connection, text: str, *, allow_special: bool = False
+) -> str:
+    """Canonicalise a path and apply the ``path-max`` quota (PROTOCOL.md 4)."""
+    path = paths.canonicalize(text, conn.home, allow_special=allow_special)
+    if not conn.privileged and path[0] == "/":
+        quotas = engine.quotas
+        limit = quotas.for_domain(conn.domid).path_max
+        if quotas.exceeded(paths.measured_length(path), limit):
+            raise InvalidArgument("path too long")
+    return path
+
+
+def _view(engine: Engine, tx: Transaction | None) -> tree.View:
+    return engine.store if tx is None else tx
+
+
+# -- nodes -----------------------------------------------------------------
+
+
+def do_read(engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None) -> bytes:
+    path = canonical(engine, conn, one_arg(packet.payload))
+    return tree.read(_view(engine, tx), conn, path)
+
+
+def do_write(engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None) -> bytes:
+    text, value = split_value(packet.payload)
+    path = canonical(engine, conn, text)
+    tree.write(_view(engine, tx), conn, path, value, engine.quotas)
+    return OK
+
+
+def do_mkdir(engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None) -> bytes:
+    path = canonical(engine, conn, one_arg(packet.payload))
+    tree.mkdir(_view(engine, tx), conn, path, engine.quotas)
+    return OK
+
+
+def do_rm(engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None) -> bytes:
+    path = canonical(engine, conn, one_arg(packet.payload))
+    tree.rm(_view(engine, tx), conn, path)
+    return OK
+
+
+def do_directory(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> bytes:
+    path = canonical(engine, conn, one_arg(packet.payload))
+    node = tree.directory(_view(engine, tx), conn, path)
+    return "".join(f"{name}\0" for name in node.children).encode(ENCODING)
+
+
+def do_directory_part(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> bytes:
+    args = split_args(packet.payload)
+    if len(args) != 2:
+        raise InvalidArgument("DIRECTORY_PART takes a path and an offset")
+    path = canonical(engine, conn, args[0])
+    offset = _parse_number(args[1])
+    node = tree.directory(_view(engine, tx), conn, path)
+    listing = "".join(f"{name}\0" for name in node.children).encode(ENCODING)
+    head = f"{node.generation}\0".encode()
+    if offset >= len(listing):
+        return head + b"\0"
+    room = PAYLOAD_MAX - len(head)
+    rest = listing[offset:]
+    if len(rest) + 1 <= room:
+        return head + rest + b"\0"
+    # Whole entries only: cut after the last NUL that fits.
+    cut = rest.rfind(b"\0", 0, room) + 1
+    if cut == 0:
+        raise TooBig("child name too long for one part")
+    return head + rest[:cut]
+
+
+def do_get_perms(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> bytes:
+    path = canonical(engine, conn, one_arg(packet.payload), allow_special=True)
+    if path[0] == "@":
+        perms = _special(engine, conn, path, Access.READ).perms
+    else:
+        perms = tree.get_perms(_view(engine, tx), conn, path)
+    return join_args(*format_perms(perms))
+
+
+def do_set_perms(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> bytes:
+    args = split_args(packet.payload)
+    if len(args) < 2:
+        raise InvalidArgument("SET_PERMS needs a path and at least one permission")
+    if not conn.privileged:
+        limit = engine.quotas.for_domain(conn.domid).node_permissions
+        if engine.quotas.exceeded(len(args) - 1, limit):
+            raise NoSpace("too many permissions")
+    perms = parse_perms(args[1:])
+    path = canonical(engine, conn, args[0], allow_special=True)
+    if path[0] == "@":
+        node = _special(engine, conn, path, Access.WRITE | Access.OWNER)
+        node.perms = _mark_stale(engine, perms)
+        return OK
+    view = _view(engine, tx)
+    perms = _mark_stale(engine, perms)
+    if perms[0].stale:
+        # Reached only after the permission checks in C; keep that order.
+        tree.get_perms(view, conn, path)
+        raise NoEntry("the new owner does not exist")
+    tree.set_perms(view, conn, path, perms, engine.quotas)
+    return OK
+
+
+def _mark_stale(engine: Engine, perms: Perms) -> Perms:
+    """Mark entries naming domains that do not exist (XSA-322)."""
+    return tuple(
+        p if engine.domain_exists(p.domid) else p._replace(stale=True) for p in perms
+    )
+
+
+def _special(engine: Engine, conn: Connection, path: str, want: Access) -> tree.Node:
+    node = engine.store.special.get(path)
+    if node is None:
+        raise NoEntry()
+    granted = access_for(node.perms, conn.domid, conn.target, conn.privileged)
+    if granted & want != want:
+        raise PermissionDenied()
+    return node
+
+
+def _parse_number(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise InvalidArgument(f"bad number {text!r}")
+    return int(text)
+
+
+# -- watches ---------------------------------------------------------------
+
+
+def do_watch(engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None) -> None:
+    args = split_args(packet.payload)
+    depth: int | None = None
+    if len(args) == 3 and features.watch_depth(engine, conn):
+        depth = _parse_number(args[2])
+    elif len(args) != 2:
+        raise InvalidArgument("WATCH takes a path and a token")
+    wpath, token = args[0], args[1]
+    path = canonical(engine, conn, wpath, allow_special=True)
+    if engine.watches.find(conn.id, path, token) is not None:
+        raise AlreadyExists()
+    if not conn.privileged:
+        quotas = engine.quotas
+        limit = quotas.for_domain(conn.domid).watches
+        if quotas.exceeded(engine.watches.count(conn.id) + 1, limit):
+            if quotas.rule is QuotaRule.AT_MOST_N:
+                raise TooBig("watch quota reached")
+            raise NoSpace("watch quota reached")
+    home = conn.home if wpath[0] not in "/@" else None
+    engine.watches.add(conn.id, path, token, wpath, home, depth)
+    engine.reply(conn, packet, OK)
+    engine.queue_event(conn, wpath, token)
+    return None
+
+
+def do_unwatch(engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None) -> bytes:
+    args = split_args(packet.payload)
+    if len(args) != 2:
+        raise InvalidArgument("UNWATCH takes a path and a token")
+    path = canonical(engine, conn, args[0], allow_special=True)
+    engine.watches.remove(conn.id, path, args[1])
+    return OK
+
+
+def do_reset_watches(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> bytes:
+    engine.watches.remove_all(conn.id)
+    conn.transactions.clear()
+    return OK
+
+
+# -- transactions ----------------------------------------------------------
+
+
+def do_transaction_start(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> bytes:
+    if tx is not None:
+        raise Busy("transactions do not nest")
+    if not conn.privileged:
+        limit = engine.quotas.for_domain(conn.domid).transactions
+        if engine.quotas.exceeded(len(conn.transactions) + 1, limit):
+            raise NoSpace("transaction quota reached")
+    tx_id = conn.next_tx_id
+    while tx_id == 0 or tx_id in conn.transactions:
+        tx_id = (tx_id + 1) & 0xFFFFFFFF
+    conn.next_tx_id = (tx_id + 1) & 0xFFFFFFFF
+    conn.transactions[tx_id] = Transaction(
+        tx_id, engine.store, engine.quotas, conn.domid, conn.privileged
+    )
+    return f"{tx_id}\0".encode()
+
+
+def do_transaction_end(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> bytes:
+    arg = one_arg(packet.payload)
+    if arg not in ("T", "F"):
+        raise InvalidArgument("TRANSACTION_END takes T or F")
+    if tx is None:
+        raise NoEntry("no transaction")
+    del conn.transactions[tx.id]
+    if arg == "T":
+        engine.fire(tx.commit())
+    return OK
+
+
+# -- domains (the parts that need no hypervisor) ---------------------------
+
+
+def do_get_domain_path(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> bytes:
+    domid = parse_domid(one_arg(packet.payload))
+    return join_args(paths.domain_home(domid))
+
+
+def do_is_domain_introduced(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> bytes:
+    domid = parse_domid(one_arg(packet.payload))
+    if domid == DOMID_SELF:
+        return b"T\0"
+    return b"T\0" if engine.is_introduced(domid) else b"F\0"
+
+
+HANDLERS: dict[int, tuple[Handler, int]] = {
+    Op.CONTROL: (control.do_control, PRIV),
+    Op.DIRECTORY: (do_directory, 0),
+    Op.READ: (do_read, 0),
+    Op.GET_PERMS: (do_get_perms, 0),
+    Op.WATCH: (do_watch, NOTID),
+    Op.UNWATCH: (do_unwatch, NOTID),
+    Op.TRANSACTION_START: (do_transaction_start, 0),
+    Op.TRANSACTION_END: (do_transaction_end, 0),
+    Op.GET_DOMAIN_PATH: (do_get_domain_path, 0),
+    Op.WRITE: (do_write, 0),
+    Op.MKDIR: (do_mkdir, 0),
+    Op.RM: (do_rm, 0),
+    Op.SET_PERMS: (do_set_perms, 0),
+    Op.IS_DOMAIN_INTRODUCED: (do_is_domain_introduced, PRIV),
+    Op.RESET_WATCHES: (do_reset_watches, 0),
+    Op.DIRECTORY_PART: (do_directory_part, 0),
+    Op.GET_FEATURE: (features.do_get_feature, 0),
+    Op.SET_FEATURE: (features.do_set_feature, PRIV),
+    Op.GET_QUOTA: (features.do_get_quota, PRIV),
+    Op.SET_QUOTA: (features.do_set_quota, PRIV),
+}

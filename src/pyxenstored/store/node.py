@@ -1,0 +1,65 @@
+"""A node of the tree and the record of one change to it."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from pyxenstored.perms import Perms
+
+__all__ = ["Change", "Node", "node_size"]
+
+
+class Node:
+    """One node: a value, a permission list and an ordered set of children.
+
+    Children are kept in a ``dict`` used as an insertion-ordered set: C
+    lists children in creation order, and a dict gives O(1) removal at any
+    width (``/local/domain`` on a big host).
+    """
+
+    __slots__ = ("children", "generation", "perms", "value")
+
+    def __init__(
+        self,
+        value: bytes,
+        perms: Perms,
+        children: dict[str, None] | None = None,
+        generation: int = 0,
+    ) -> None:
+        self.value = value
+        self.perms = perms
+        self.children: dict[str, None] = {} if children is None else children
+        #: Stamped from the store's global counter on every modification.
+        self.generation = generation
+
+    def copy(self) -> Node:
+        """A private copy for a transaction (children copied, the rest shared)."""
+        return Node(self.value, self.perms, dict(self.children), self.generation)
+
+    def __repr__(self) -> str:
+        return (
+            f"Node(value={self.value!r}, perms={[str(p) for p in self.perms]}, "
+            f"children={list(self.children)}, generation={self.generation})"
+        )
+
+
+def node_size(node: Node) -> int:
+    """Size charged by the ``node-size`` quota (PROTOCOL.md section 10)."""
+    childlen = sum(len(name) + 1 for name in node.children)
+    return 16 + 8 * len(node.perms) + len(node.value) + childlen
+
+
+class Change(NamedTuple):
+    """A modification that may fire watches.
+
+    Attributes:
+        path: the canonical path that changed.
+        exact: only watches on exactly this path fire (descendants removed
+            by RM); otherwise watches on the path and its ancestors fire.
+        perms: permission lists under which a watcher that can read any of
+            them is told (new, old and parent's permissions, XSA-115).
+    """
+
+    path: str
+    exact: bool
+    perms: tuple[Perms, ...]

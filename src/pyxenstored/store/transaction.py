@@ -1,0 +1,148 @@
+"""Transactions with C xenstored's isolation model (PROTOCOL.md 7.2).
+
+Theory of operation:
+
+1. A transaction is a :class:`~pyxenstored.store.tree.View`.  The first time
+   it touches a path it records the committed node's generation (``None``
+   for "absent") and keeps a private copy; later accesses see that copy.
+   So it sees each node as of its first access, not as of its start.
+2. Modifications change only the private copies; the changes that would
+   fire watches are kept and fire at commit.
+3. At commit every recorded generation is compared with the committed
+   tree.  Any difference (a node modified, created, deleted or
+   re-permissioned by someone else, even to an identical value) fails the
+   commit with EAGAIN and nothing is applied.  Unrelated writes never do:
+   only nodes this transaction read or wrote are compared.
+4. Otherwise the private copies of modified nodes replace the committed
+   ones, each with a fresh generation, and the kept changes fire once per
+   path.
+5. Quotas: an unprivileged owner's node count is checked again at commit
+   (ENOSPC), and touching more than ``transaction-nodes`` distinct nodes
+   fails the transaction (ENOSPC now, ENOMEM at commit).
+"""
+
+from __future__ import annotations
+
+from pyxenstored.errors import NoSpace, OutOfMemory, TransactionConflict
+from pyxenstored.store.node import Change, Node
+from pyxenstored.store.quota import Quotas
+from pyxenstored.store.tree import Store
+
+__all__ = ["Transaction"]
+
+
+class Transaction:
+    """One open transaction of one connection."""
+
+    def __init__(
+        self,
+        tx_id: int,
+        store: Store,
+        quotas: Quotas,
+        domid: int,
+        privileged: bool,
+    ) -> None:
+        self.id = tx_id
+        self.store = store
+        self.quotas = quotas
+        self.domid = domid
+        self.privileged = privileged
+        #: Generation of each committed node at first access (None: absent).
+        self.accessed: dict[str, int | None] = {}
+        #: Private copies; None means absent or deleted in this transaction.
+        self.nodes: dict[str, Node | None] = {}
+        #: Paths modified here, in first-modification order.
+        self.modified: dict[str, None] = {}
+        self.owner_delta: dict[int, int] = {}
+        self.changes: dict[str, Change] = {}
+        #: Set when a limit was hit; the commit then fails with ENOMEM.
+        self.failed = False
+
+    # -- View -------------------------------------------------------------
+
+    def get(self, path: str) -> Node | None:
+        try:
+            return self.nodes[path]
+        except KeyError:
+            pass
+        if not self.privileged:
+            limit = self.quotas.for_domain(self.domid).transaction_nodes
+            if self.quotas.exceeded(len(self.accessed) + 1, limit):
+                self.failed = True
+                raise NoSpace("too many nodes in transaction")
+        node = self.store.nodes.get(path)
+        if node is None:
+            self.accessed[path] = None
+            self.nodes[path] = None
+            return None
+        self.accessed[path] = node.generation
+        copy = node.copy()
+        self.nodes[path] = copy
+        return copy
+
+    def touched(self, path: str, node: Node) -> None:
+        self.modified[path] = None
+
+    def created(self, path: str, node: Node) -> None:
+        self.nodes[path] = node
+        self.modified[path] = None
+        self._count(node.perms[0].domid, 1)
+
+    def deleted(self, path: str, node: Node) -> None:
+        self.nodes[path] = None
+        self.modified[path] = None
+        self._count(node.perms[0].domid, -1)
+
+    def owner_changed(self, old: int, new: int) -> None:
+        self._count(old, -1)
+        self._count(new, 1)
+
+    def _count(self, domid: int, delta: int) -> None:
+        self.owner_delta[domid] = self.owner_delta.get(domid, 0) + delta
+
+    def owned(self, domid: int) -> int:
+        return self.store.owned(domid) + self.owner_delta.get(domid, 0)
+
+    def record(self, change: Change) -> None:
+        earlier = self.changes.get(change.path)
+        if earlier is None:
+            self.changes[change.path] = change
+        else:
+            # Fire once per path, widest mode, every permission list seen.
+            perms = earlier.perms + tuple(
+                p for p in change.perms if p not in earlier.perms
+            )
+            self.changes[change.path] = Change(
+                change.path, earlier.exact and change.exact, perms
+            )
+
+    # -- end ----------------------------------------------------------------
+
+    def commit(self) -> list[Change]:
+        """Apply the transaction and return the changes to fire.
+
+        Raises:
+            OutOfMemory: the transaction was failed earlier.
+            TransactionConflict: a node it touched changed meanwhile.
+            NoSpace: the commit would take an owner over its node quota.
+        """
+        if self.failed:
+            raise OutOfMemory("transaction failed earlier")
+        committed = self.store.nodes
+        for path, generation in self.accessed.items():
+            node = committed.get(path)
+            if (None if node is None else node.generation) != generation:
+                raise TransactionConflict()
+        for domid, delta in self.owner_delta.items():
+            if delta <= 0 or domid == self.store.priv_domid:
+                continue
+            limit = self.quotas.for_domain(domid).nodes
+            if self.quotas.exceeded(self.store.owned(domid) + delta, limit):
+                raise NoSpace("node quota reached at commit")
+        for path in self.modified:
+            node = self.nodes[path]
+            if node is None:
+                self.store.remove(path)
+            else:
+                self.store.replace(path, node)
+        return list(self.changes.values())

@@ -1,0 +1,334 @@
+"""The committed tree and the data operations on any view of it.
+
+The operations (:func:`read`, :func:`write`, :func:`mkdir`, :func:`rm`,
+:func:`directory`, :func:`get_perms`, :func:`set_perms`) are written once
+against the small :class:`View` interface.  :class:`Store` is the view of
+the committed tree; :class:`~pyxenstored.store.transaction.Transaction` is
+the view through an open transaction.  Every operation validates
+everything (permissions, quotas) before it changes anything, so a refused
+request leaves no trace.
+
+Nodes of the committed tree are modified in place; a transaction takes a
+private copy of each node on first access, as C does, so it sees every node
+as it was at that first access.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pyxenstored.errors import (
+    InvalidArgument,
+    NoEntry,
+    NoSpace,
+    NotPermitted,
+    PermissionDenied,
+    XsError,
+)
+from pyxenstored.paths import SPECIAL_NODES, parent_of
+from pyxenstored.perms import Access, Perm, Perms, access_for
+from pyxenstored.store.node import Change, Node, node_size
+from pyxenstored.store.quota import Quotas
+
+__all__ = [
+    "Caller",
+    "Store",
+    "View",
+    "directory",
+    "get_perms",
+    "mkdir",
+    "read",
+    "rm",
+    "set_perms",
+    "write",
+]
+
+
+class Caller(Protocol):
+    """Who is asking: enough of a connection to decide access and quotas."""
+
+    @property
+    def domid(self) -> int: ...
+
+    @property
+    def target(self) -> int | None: ...
+
+    @property
+    def privileged(self) -> bool: ...
+
+
+class View(Protocol):
+    """Read and modify nodes, either committed or through a transaction."""
+
+    def get(self, path: str) -> Node | None: ...
+
+    def touched(self, path: str, node: Node) -> None:
+        """``node`` (returned by :meth:`get`) was modified in place."""
+
+    def created(self, path: str, node: Node) -> None: ...
+
+    def deleted(self, path: str, node: Node) -> None: ...
+
+    def owner_changed(self, old: int, new: int) -> None: ...
+
+    def owned(self, domid: int) -> int:
+        """Nodes owned by ``domid`` as this view sees them."""
+
+    def record(self, change: Change) -> None:
+        """Remember a change that may fire watches."""
+
+
+class Store:
+    """The committed tree, the special nodes and per-owner node counts."""
+
+    def __init__(self, priv_domid: int = 0) -> None:
+        self.priv_domid = priv_domid
+        self.nodes: dict[str, Node] = {}
+        #: Global generation counter; every modification takes a new value.
+        self.generation = 0
+        self.owner_counts: dict[int, int] = {}
+        #: Changes made since the engine last collected them.
+        self.changes: list[Change] = []
+        none_priv: Perms = (Perm(Access.NONE, priv_domid),)
+        self.special: dict[str, Node] = {
+            name: Node(b"", none_priv) for name in SPECIAL_NODES
+        }
+        # The initial tree C creates (PROTOCOL.md 8.4).
+        self.created("/", Node(b"", none_priv, {"tool": None}))
+        self.created("/tool", Node(b"", none_priv, {"xenstored": None}))
+        self.created("/tool/xenstored", Node(b"", none_priv))
+
+    # -- View -------------------------------------------------------------
+
+    def get(self, path: str) -> Node | None:
+        return self.nodes.get(path)
+
+    def _stamp(self, node: Node) -> None:
+        self.generation += 1
+        node.generation = self.generation
+
+    def touched(self, path: str, node: Node) -> None:
+        self._stamp(node)
+
+    def _count(self, domid: int, delta: int) -> None:
+        counts = self.owner_counts
+        value = counts.get(domid, 0) + delta
+        if value:
+            counts[domid] = value
+        else:
+            del counts[domid]
+
+    def created(self, path: str, node: Node) -> None:
+        self._stamp(node)
+        self.nodes[path] = node
+        self._count(node.perms[0].domid, 1)
+
+    def deleted(self, path: str, node: Node) -> None:
+        del self.nodes[path]
+        self._count(node.perms[0].domid, -1)
+
+    def owner_changed(self, old: int, new: int) -> None:
+        self._count(old, -1)
+        self._count(new, 1)
+
+    def owned(self, domid: int) -> int:
+        return self.owner_counts.get(domid, 0)
+
+    def record(self, change: Change) -> None:
+        self.changes.append(change)
+
+    # -- committing a transaction ------------------------------------------
+
+    def replace(self, path: str, node: Node) -> None:
+        """Install ``node`` at ``path`` (a transaction's private copy)."""
+        old = self.nodes.get(path)
+        if old is None:
+            self.created(path, node)
+            return
+        if old.perms[0].domid != node.perms[0].domid:
+            self.owner_changed(old.perms[0].domid, node.perms[0].domid)
+        self._stamp(node)
+        self.nodes[path] = node
+
+    def remove(self, path: str) -> None:
+        old = self.nodes.get(path)
+        if old is not None:
+            self.deleted(path, old)
+
+
+# -- helpers ---------------------------------------------------------------
+
+
+def _access(caller: Caller, perms: Perms) -> Access:
+    return access_for(perms, caller.domid, caller.target, caller.privileged)
+
+
+def _missing_error(view: View, caller: Caller, path: str, want: Access) -> XsError:
+    """ENOENT or EACCES for a missing node, hiding its existence (5.4)."""
+    ancestor = parent_of(path)
+    node = view.get(ancestor)
+    while node is None:
+        ancestor = parent_of(ancestor)
+        node = view.get(ancestor)
+    if _access(caller, node.perms) & want == want:
+        return NoEntry()
+    return PermissionDenied()
+
+
+def _lookup(view: View, caller: Caller, path: str, want: Access) -> Node:
+    """The node at ``path``, which the caller must be allowed to ``want``."""
+    node = view.get(path)
+    if node is None:
+        raise _missing_error(view, caller, path, want)
+    if _access(caller, node.perms) & want != want:
+        raise PermissionDenied()
+    return node
+
+
+def _check_size(quotas: Quotas, caller: Caller, node: Node) -> None:
+    if caller.privileged:
+        return
+    limit = quotas.for_domain(caller.domid).node_size
+    if quotas.exceeded(node_size(node), limit):
+        raise NoSpace("node too large")
+
+
+# -- operations ------------------------------------------------------------
+
+
+def read(view: View, caller: Caller, path: str) -> bytes:
+    return _lookup(view, caller, path, Access.READ).value
+
+
+def directory(view: View, caller: Caller, path: str) -> Node:
+    """The node whose children are listed (its generation pages the list)."""
+    return _lookup(view, caller, path, Access.READ)
+
+
+def get_perms(view: View, caller: Caller, path: str) -> Perms:
+    return _lookup(view, caller, path, Access.READ).perms
+
+
+def write(
+    view: View, caller: Caller, path: str, value: bytes, quotas: Quotas
+) -> None:
+    """WRITE: set a value, creating the node and missing ancestors."""
+    node = view.get(path)
+    if node is None:
+        _create(view, caller, path, value, quotas)
+        return
+    if _access(caller, node.perms) & Access.WRITE != Access.WRITE:
+        raise PermissionDenied()
+    if not caller.privileged:
+        _check_size(quotas, caller, Node(value, node.perms, node.children))
+    node.value = value
+    view.touched(path, node)
+    view.record(Change(path, False, (node.perms,)))
+
+
+def mkdir(view: View, caller: Caller, path: str, quotas: Quotas) -> None:
+    """MKDIR: create an empty node; an existing writable node is left alone."""
+    node = view.get(path)
+    if node is None:
+        _create(view, caller, path, b"", quotas)
+    elif _access(caller, node.perms) & Access.WRITE != Access.WRITE:
+        raise PermissionDenied()
+
+
+def _create(
+    view: View, caller: Caller, path: str, value: bytes, quotas: Quotas
+) -> None:
+    """Create ``path`` and its missing ancestors, all checks first."""
+    missing = [path]
+    ancestor = parent_of(path)
+    parent = view.get(ancestor)
+    while parent is None:
+        missing.append(ancestor)
+        ancestor = parent_of(ancestor)
+        parent = view.get(ancestor)
+    if _access(caller, parent.perms) & Access.WRITE != Access.WRITE:
+        raise PermissionDenied()
+    perms = parent.perms
+    if not caller.privileged:
+        # New nodes inherit the parent's list but belong to their creator.
+        perms = (perms[0]._replace(domid=caller.domid, stale=False), *perms[1:])
+        limits = quotas.for_domain(caller.domid)
+        if quotas.exceeded(view.owned(caller.domid) + len(missing), limits.nodes):
+            raise NoSpace("node quota reached")
+        first = missing[-1]
+        grown = Node(parent.value, parent.perms, dict(parent.children))
+        grown.children[first[first.rfind("/") + 1 :]] = None
+        _check_size(quotas, caller, grown)
+        _check_size(quotas, caller, Node(value, perms))
+    first = missing[-1]
+    parent.children[first[first.rfind("/") + 1 :]] = None
+    view.touched(ancestor, parent)
+    for i in range(len(missing) - 1, 0, -1):
+        child = missing[i - 1]
+        name = child[child.rfind("/") + 1 :]
+        view.created(missing[i], Node(b"", perms, {name: None}))
+    view.created(path, Node(value, perms))
+    view.record(Change(path, False, (perms,)))
+
+
+def rm(view: View, caller: Caller, path: str) -> None:
+    """RM: remove a node and its whole subtree.
+
+    A missing node whose parent exists is not an error (C compatibility).
+    """
+    node = view.get(path)
+    if node is None:
+        error = _missing_error(view, caller, path, Access.WRITE)
+        if isinstance(error, NoEntry) and view.get(parent_of(path)) is not None:
+            return
+        raise error
+    if _access(caller, node.perms) & Access.WRITE != Access.WRITE:
+        raise PermissionDenied()
+    if path == "/":
+        raise InvalidArgument("cannot remove the root")
+    parent_path = parent_of(path)
+    parent = view.get(parent_path)
+    assert parent is not None, f"{path} has no parent"
+    # C fires the root first (subtree mode, node still visible), then every
+    # node exactly, children before their parent, the root last.
+    view.record(Change(path, False, (node.perms,)))
+    removed: list[tuple[str, Node]] = []
+    stack: list[tuple[str, Node, bool]] = [(path, node, False)]
+    while stack:
+        current, cnode, expanded = stack.pop()
+        if expanded or not cnode.children:
+            removed.append((current, cnode))
+            continue
+        stack.append((current, cnode, True))
+        prefix = current if current != "/" else ""
+        for name in reversed(cnode.children):
+            cpath = f"{prefix}/{name}"
+            child = view.get(cpath)
+            if child is not None:
+                stack.append((cpath, child, False))
+    for cpath, cnode in removed:
+        view.record(Change(cpath, True, (cnode.perms,)))
+        view.deleted(cpath, cnode)
+    del parent.children[path[path.rfind("/") + 1 :]]
+    view.touched(parent_path, parent)
+
+
+def set_perms(
+    view: View,
+    caller: Caller,
+    path: str,
+    perms: Perms,
+    quotas: Quotas,
+) -> None:
+    """SET_PERMS on an ordinary node; ``perms`` already validated/parsed."""
+    node = _lookup(view, caller, path, Access.WRITE | Access.OWNER)
+    old = node.perms
+    if not caller.privileged and perms[0].domid != old[0].domid:
+        raise NotPermitted("only the privileged domain may change the owner")
+    if not caller.privileged:
+        _check_size(quotas, caller, Node(node.value, perms, node.children))
+    node.perms = perms
+    if old[0].domid != perms[0].domid:
+        view.owner_changed(old[0].domid, perms[0].domid)
+    view.touched(path, node)
+    view.record(Change(path, False, (perms, old)))
