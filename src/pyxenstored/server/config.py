@@ -1,0 +1,42 @@
+"""The daemon's settings, filled from its command line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pyxenstored.engine.engine import EngineConfig
+
+__all__ = ["Config", "default_socket_path"]
+
+DEFAULT_RUNDIR = "/var/run/xenstored"
+
+
+def default_socket_path(env: Mapping[str, str] | None = None) -> str:
+    """Where clients and the daemon look for the socket, as libxenstore does.
+
+    ``$XENSTORED_PATH``, else ``$XENSTORED_RUNDIR/socket``, else
+    ``/var/run/xenstored/socket``.
+    """
+    env = os.environ if env is None else env
+    path = env.get("XENSTORED_PATH")
+    if path:
+        return path
+    return os.path.join(env.get("XENSTORED_RUNDIR") or DEFAULT_RUNDIR, "socket")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the daemon needs to start."""
+
+    socket_path: str
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    pid_file: str | None = None
+    log_file: str | None = None
+    trace_file: str | None = None
+    verbose: int = 0
+    #: A socket client whose unsent output exceeds this is disconnected.
+    socket_output_limit: int = 16 * 1024 * 1024
+    #: Seconds a watch event may wait for an unprivileged domain (C -w).
+    watch_event_timeout: float = 20.0

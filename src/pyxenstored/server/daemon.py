@@ -1,0 +1,232 @@
+"""The daemon: an asyncio loop around one :class:`~pyxenstored.engine.Engine`.
+
+Everything that decides what happens is in the engine; this module only
+moves bytes.  Each socket client is an :class:`asyncio.Protocol`: bytes in
+go through a :class:`~pyxenstored.wire.PacketDecoder` to
+``Engine.handle``; after each read the output the engine queued for any
+connection is written out.  The engine never awaits, so there are no
+locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+from typing import TextIO
+
+from pyxenstored.engine.connections import Connection
+from pyxenstored.engine.engine import Engine
+from pyxenstored.errors import RemoteProtocolError
+from pyxenstored.server.config import Config
+from pyxenstored.server.trace import Tracer
+from pyxenstored.wire.decoder import NEED_DATA, PacketDecoder
+
+__all__ = ["Daemon", "SocketInUse"]
+
+log = logging.getLogger(__name__)
+
+#: Stop reading a client's requests while this much of its output waits.
+_PAUSE_AT = 256 * 1024
+
+
+class SocketInUse(Exception):
+    """Another daemon already serves the socket path."""
+
+
+class _SocketClient(asyncio.Protocol):
+    """One local client on the Unix socket."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.decoder = PacketDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.conn: Connection | None = None
+        self.name = "socket"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=_PAUSE_AT)
+        self.conn = self.daemon.engine.connect_socket()
+        self.name = f"conn{self.conn.id}"
+        self.daemon.clients[self.conn.id] = self
+        log.debug("%s: connected", self.name)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        assert conn is not None
+        daemon = self.daemon
+        decoder = self.decoder
+        decoder.receive_data(data)
+        handle = daemon.engine.handle
+        tracer = daemon.tracer
+        while True:
+            try:
+                packet = decoder.next_packet()
+            except RemoteProtocolError as error:
+                log.warning("%s: %s; closing the connection", self.name, error)
+                self.close()
+                break
+            if packet is NEED_DATA:
+                break
+            if tracer is not None:
+                tracer.request(self.name, packet)
+            handle(conn, packet)
+        daemon.flush()
+
+    def send(self, messages: list[bytes]) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.daemon.tracer is not None:
+            for message in messages:
+                self.daemon.tracer.output(self.name, message)
+        transport.write(b"".join(messages))
+        if transport.get_write_buffer_size() > self.daemon.config.socket_output_limit:
+            log.warning("%s: client does not read its replies; closing", self.name)
+            self.close()
+
+    def pause_writing(self) -> None:
+        # The client is not reading: stop taking its requests until it does.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            log.debug("%s: disconnected", self.name)
+            self.daemon.clients.pop(self.conn.id, None)
+            self.daemon.engine.disconnect(self.conn)
+            self.daemon.flush()
+        self.transport = None
+
+
+class Daemon:
+    """Serve one engine on the Unix socket until stopped."""
+
+    def __init__(self, config: Config, engine: Engine | None = None) -> None:
+        self.config = config
+        self.engine = engine or Engine(config.engine)
+        self.clients: dict[int, _SocketClient] = {}
+        self.tracer: Tracer | None = None
+        self._trace_stream: TextIO | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._stopped: asyncio.Event | None = None
+
+    # -- output ------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write out everything the engine queued, to every connection."""
+        engine = self.engine
+        if engine.messages:
+            for message in engine.messages:
+                log.info("control: %s", message)
+            engine.messages.clear()
+        for conn in engine.take_pending():
+            client = self.clients.get(conn.id)
+            messages = conn.take_output()
+            if client is not None and messages:
+                client.send(messages)
+
+    # -- life cycle ----------------------------------------------------------
+
+    def _bind(self) -> socket.socket:
+        path = self.config.socket_path
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None:
+            if not stat.S_ISSOCK(mode):
+                raise SocketInUse(f"{path} exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError as error:
+                if error.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                    raise
+                log.info("replacing stale socket %s", path)
+                os.unlink(path)
+            else:
+                raise SocketInUse(f"another xenstored is serving {path}")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+
+    async def start(self) -> None:
+        """Bind the socket and start accepting clients."""
+        if self.config.trace_file:
+            self._trace_stream = open(  # noqa: SIM115 - closed in close()
+                self.config.trace_file, "a", buffering=1, encoding="utf-8"
+            )
+            self.tracer = Tracer(self._trace_stream)
+        sock = self._bind()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(
+            lambda: _SocketClient(self), sock=sock
+        )
+        if self.config.pid_file:
+            with open(self.config.pid_file, "w", encoding="ascii") as f:
+                f.write(f"{os.getpid()}\n")
+        log.info("serving %s", self.config.socket_path)
+
+    async def serve(self) -> None:
+        """Run until SIGTERM/SIGINT (or :meth:`stop`), then clean up."""
+        self._stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+        await self.start()
+        try:
+            await self._stopped.wait()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            await self.close()
+
+    def stop(self) -> None:
+        log.info("stopping")
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def close(self) -> None:
+        """Stop accepting, drop every client, remove the socket and pid file."""
+        if self._server is not None:
+            self._server.close()
+            for client in list(self.clients.values()):
+                client.close()
+            await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.config.socket_path)
+        if self.config.pid_file:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.config.pid_file)
+        if self.tracer is not None:
+            self.tracer.close()
+            self.tracer = None

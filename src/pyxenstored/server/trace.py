@@ -1,0 +1,40 @@
+"""The ``--trace-file``: one readable line per request, reply and event."""
+
+from __future__ import annotations
+
+import time
+from typing import TextIO
+
+from pyxenstored.wire.ops import HEADER_SIZE
+from pyxenstored.wire.packet import HEADER, Packet, escape, op_name
+
+__all__ = ["Tracer"]
+
+
+class Tracer:
+    """Writes trace lines to an open text file (line buffered)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def _line(self, conn: str, direction: str, op: int, req: int, tx: int, payload: bytes) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._stream.write(
+            f"{stamp} {conn} {direction} {op_name(op)} req={req} tx={tx} "
+            f'"{escape(payload)}"\n'
+        )
+
+    def request(self, conn: str, packet: Packet) -> None:
+        self._line(conn, "IN ", packet.op, packet.req_id, packet.tx_id, packet.payload)
+
+    def output(self, conn: str, message: bytes) -> None:
+        op, req, tx, length = HEADER.unpack_from(message)
+        kind = "EVT" if op == 15 else "OUT"
+        self._line(conn, kind, op, req, tx, message[HEADER_SIZE : HEADER_SIZE + length])
+
+    def note(self, conn: str, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._stream.write(f"{stamp} {conn} --- {text}\n")
+
+    def close(self) -> None:
+        self._stream.close()

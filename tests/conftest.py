@@ -1,0 +1,129 @@
+"""Shared fixtures: short temporary directories and real running daemons."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", deadline=None, max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+#: ../shared/peers next to the repository (scripts that run the C daemons).
+PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory with a short path (AF_UNIX paths are short)."""
+    path = Path(tempfile.mkdtemp(prefix="pyxs-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_for_socket(path: Path, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until something accepts connections on ``path`` (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {proc.returncode}")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(str(path))
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing serves {path}")
+
+
+class RunningDaemon:
+    """A pyxenstored process serving ``socket`` in ``directory``."""
+
+    def __init__(self, directory: Path, extra: list[str]) -> None:
+        self.directory = directory
+        self.socket = directory / "socket"
+        self.log = directory / "daemon.log"
+        self.trace = directory / "trace"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "pyxenstored.cli.xenstored",
+                "--socket", str(self.socket),
+                "--log-file", str(self.log),
+                "--trace-file", str(self.trace),
+                *extra,
+            ],
+        )
+        wait_for_socket(self.socket, self.proc)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for real clients (libxenstore tools, pyxs)."""
+        return {**os.environ, "XENSTORED_PATH": str(self.socket)}
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def daemon(short_tmp: Path) -> Iterator[RunningDaemon]:
+    """A fresh pyxenstored on a real Unix socket."""
+    running = RunningDaemon(short_tmp, [])
+    try:
+        yield running
+    finally:
+        code = running.stop()
+        assert code == 0, f"daemon exited with {code}; log:\n{running.log.read_text()}"
+
+
+class CDaemon:
+    """Debian's C xenstored under the peers' shim (the oracle)."""
+
+    def __init__(self, directory: Path, extra: list[str]) -> None:
+        self.directory = directory
+        self.socket = directory / "socket"
+        out = subprocess.run(
+            ["sh", str(PEERS / "start-c-xenstored.sh"), str(self.socket), *extra],
+            capture_output=True, text=True, check=True, timeout=300,
+        )
+        self.pid = int(out.stdout.strip().splitlines()[-1])
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "XENSTORED_PATH": str(self.socket)}
+
+    def stop(self) -> None:
+        subprocess.run(["sh", str(PEERS / "stop-peer.sh", ), str(self.pid)], check=False)
+
+
+@pytest.fixture
+def c_xenstored(short_tmp: Path) -> Iterator[CDaemon]:
+    """The real C xenstored, for differential tests."""
+    running = CDaemon(short_tmp / "c", [])
+    try:
+        yield running
+    finally:
+        running.stop()
