@@ -88,7 +88,9 @@ def is_child(path: str, ancestor: str) -> bool:
     return (
         path == ancestor
         or ancestor == "/"
-        or (path.startswith(ancestor) and path[len(ancestor) : len(ancestor) + 1] == "/")
+        or (
+            path.startswith(ancestor) and path[len(ancestor) : len(ancestor) + 1] == "/"
+        )
     )
 
 

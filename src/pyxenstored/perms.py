@@ -150,7 +150,7 @@ def access_for(
     if privileged:
         return Access.ALL
     owner = perms[0].domid
-    if owner == domid or owner == target:
+    if owner == domid or owner == target:  # noqa: SIM109 - hot path, no tuple
         return Access.ALL
     for perm in perms[1:]:
         if perm.stale:

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="socket path (default: $XENSTORED_PATH, else "
         "$XENSTORED_RUNDIR/socket, else /var/run/xenstored/socket)",
     )
+    p.add_argument(
+        "--host-dir",
+        metavar="DIR",
+        help="serve guest domains through the emulated hypervisor in DIR",
+    )
     p.add_argument("-F", "--pid-file", metavar="FILE", help="write the pid here")
     p.add_argument("--log-file", metavar="FILE", help="log here instead of stderr")
     p.add_argument(
@@ -63,27 +68,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-N", "--no-fork", action="store_true", help="accepted; always so")
     q = p.add_argument_group("quotas (unprivileged domains only; 0 = unlimited)")
-    q.add_argument("-E", "--entry-nb", type=_positive, metavar="N", help="nodes per domain (1000)")
-    q.add_argument("-S", "--entry-size", type=_positive, metavar="N", help="node size (2048)")
-    q.add_argument("-W", "--watch-nb", type=_positive, metavar="N", help="watches per domain (128)")
-    q.add_argument("-t", "--transaction", type=_positive, metavar="N", help="open transactions (10)")
-    q.add_argument("-A", "--perm-nb", type=_positive, metavar="N", help="permissions per node (5)")
-    q.add_argument("-M", "--path-max", type=_positive, metavar="N", help="path length (2048, at most 2048)")
     q.add_argument(
-        "-Q", "--quota", type=_assignment, action="append", default=[],
-        metavar="NAME=N", help="set any quota by its GET_QUOTA name",
+        "-E", "--entry-nb", type=_positive, metavar="N", help="nodes per domain (1000)"
     )
     q.add_argument(
-        "-q", "--quota-soft", type=_assignment, action="append", default=[],
-        metavar="memory=N", help="soft quota (only memory)",
+        "-S", "--entry-size", type=_positive, metavar="N", help="node size (2048)"
     )
     q.add_argument(
-        "--quota-rule", choices=[r.value for r in QuotaRule], default=QuotaRule.AT_MOST_N.value,
+        "-W", "--watch-nb", type=_positive, metavar="N", help="watches per domain (128)"
+    )
+    q.add_argument(
+        "-t",
+        "--transaction",
+        type=_positive,
+        metavar="N",
+        help="open transactions (10)",
+    )
+    q.add_argument(
+        "-A", "--perm-nb", type=_positive, metavar="N", help="permissions per node (5)"
+    )
+    q.add_argument(
+        "-M",
+        "--path-max",
+        type=_positive,
+        metavar="N",
+        help="path length (2048, at most 2048)",
+    )
+    q.add_argument(
+        "-Q",
+        "--quota",
+        type=_assignment,
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="set any quota by its GET_QUOTA name",
+    )
+    q.add_argument(
+        "-q",
+        "--quota-soft",
+        type=_assignment,
+        action="append",
+        default=[],
+        metavar="memory=N",
+        help="soft quota (only memory)",
+    )
+    q.add_argument(
+        "--quota-rule",
+        choices=[r.value for r in QuotaRule],
+        default=QuotaRule.AT_MOST_N.value,
         help="4.21: at most N (default); 4.22: below N",
     )
     q.add_argument(
-        "-w", "--timeout", type=_assignment, action="append", default=[],
-        metavar="watch-event=SECONDS", help="watch-event timeout (20)",
+        "-w",
+        "--timeout",
+        type=_assignment,
+        action="append",
+        default=[],
+        metavar="watch-event=SECONDS",
+        help="watch-event timeout (20)",
     )
     q.add_argument("-p", "--priv-domid", type=_positive, default=0, metavar="DOMID")
     return p
@@ -130,6 +172,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         trace_file=args.trace_file,
         verbose=args.verbose,
         watch_event_timeout=timeout,
+        host_dir=args.host_dir,
     )
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pyxenstored.engine.audit import audit
 from pyxenstored.errors import InvalidArgument, IOError_
 from pyxenstored.perms import parse_domid
-from pyxenstored.engine.audit import audit
 from pyxenstored.store.quota import QUOTA_NAMES, Limits
 from pyxenstored.wire.ops import Op
 from pyxenstored.wire.packet import Packet

@@ -28,13 +28,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pyxenstored.engine.connections import Connection
+from pyxenstored.engine.domains import DomainInfo, DomainState, Hypervisor, release_changes
 from pyxenstored.engine.features import DEFAULT_DOMAIN_FEATURES
 from pyxenstored.engine.handlers import HANDLERS, NOTID, PRIV
 from pyxenstored.errors import NoEntry, NotSupported, PermissionDenied, XsError
-from pyxenstored.paths import SPECIAL_NODES, parent_of
+from pyxenstored.paths import RELEASE_DOMAIN, SPECIAL_NODES, parent_of
 from pyxenstored.perms import Access, Perms, access_for
 from pyxenstored.store.node import Change
 from pyxenstored.store.quota import Limits, QuotaRule, Quotas
+from pyxenstored.store import tree
 from pyxenstored.store.tree import Store
 from pyxenstored.watches import WatchTable
 from pyxenstored.wire.ops import PAYLOAD_MAX, Op, ServerFeature
@@ -44,6 +46,18 @@ from pyxenstored.wire.payload import ENCODING
 __all__ = ["Engine", "EngineConfig"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Privileged:
+    """The caller used for the daemon's own clean-up work."""
+
+    domid: int = 0
+    target: int | None = None
+    privileged: bool = True
+
+
+_PRIVILEGED = _Privileged()
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +93,10 @@ class Engine:
         self._domain_exists = domain_exists
         #: Ring connections of introduced domains, by domid.
         self.introduced: dict[int, Connection] = {}
+        #: Gfn and port of each introduced domain.
+        self.domain_info: dict[int, DomainInfo] = {}
+        #: The shell's access to rings and event channels (None: sockets only).
+        self.hypervisor: Hypervisor | None = None
         #: SET_FEATURE values waiting for (or used by) INTRODUCE.
         self.feature_overrides: dict[int, ServerFeature] = {}
         #: Set by CONTROL ``log``; the shell reads it.
@@ -125,7 +143,61 @@ class Engine:
             return True
         if self._domain_exists is not None:
             return self._domain_exists(domid)
+        if self.hypervisor is not None:
+            return self.hypervisor.domain_state(domid) is not DomainState.GONE
         return domid in self.introduced
+
+    # -- domains ----------------------------------------------------------------
+
+    def require_hypervisor(self) -> Hypervisor:
+        if self.hypervisor is None:
+            raise NoEntry("this daemon serves no domains (no hypervisor backend)")
+        return self.hypervisor
+
+    def domain_introduced(self, conn: Connection) -> None:
+        """Hook run after a new domain's connection is attached."""
+
+    def reintroduce(self, conn: Connection, gfn: int, port: int) -> None:
+        """INTRODUCE of a domain already introduced: C's compatibility mode.
+
+        The event channel is re-bound and the connection reset (watches,
+        transactions and buffers dropped); the ring indices are left alone
+        (MIGRATION.md a.6).
+        """
+        hypervisor = self.require_hypervisor()
+        info = self.domain_info[conn.domid]
+        if port != info.remote_port:
+            hypervisor.rebind(conn, port)
+        info.gfn, info.remote_port = gfn, port
+        self.reset_connection(conn)
+        hypervisor.reset(conn)
+
+    def destroy_domain(self, domid: int) -> None:
+        """RELEASE or death: drop the connection, its nodes; fire @releaseDomain."""
+        conn = self.introduced.pop(domid)
+        self.domain_info.pop(domid, None)
+        # Watches first, so the domain is not told about its own clean-up.
+        self.watches.remove_all(conn.id)
+        if self.hypervisor is not None:
+            self.hypervisor.detach(conn)
+        self.disconnect(conn)
+        self.fire(release_changes(self, domid))
+        self.quotas.forget_domain(domid)
+        self.feature_overrides.pop(domid, None)
+        self.fire_special(RELEASE_DOMAIN)
+
+    def check_domains(self) -> None:
+        """VIRQ_DOM_EXC: clean up every introduced domain that died."""
+        if self.hypervisor is None:
+            return
+        for domid in list(self.introduced):
+            if self.hypervisor.domain_state(domid) is not DomainState.RUNNING:
+                log.info("domain %d is gone; cleaning up", domid)
+                self.destroy_domain(domid)
+
+    def remove_subtree(self, path: str) -> None:
+        """Remove a node and its subtree as the privileged domain."""
+        tree.rm(self.store, _PRIVILEGED, path)
 
     def is_introduced(self, domid: int) -> bool:
         return domid in self.introduced

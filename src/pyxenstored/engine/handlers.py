@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pyxenstored import paths
-from pyxenstored.engine import control, features
+from pyxenstored.engine import control, domains, features
 from pyxenstored.errors import (
     AlreadyExists,
     Busy,
@@ -32,6 +32,7 @@ from pyxenstored.perms import (
     parse_perms,
 )
 from pyxenstored.store import tree
+from pyxenstored.store.node import Node
 from pyxenstored.store.quota import QuotaRule
 from pyxenstored.store.transaction import Transaction
 from pyxenstored.wire.ops import PAYLOAD_MAX, Op
@@ -174,7 +175,7 @@ def _mark_stale(engine: Engine, perms: Perms) -> Perms:
     )
 
 
-def _special(engine: Engine, conn: Connection, path: str, want: Access) -> tree.Node:
+def _special(engine: Engine, conn: Connection, path: str, want: Access) -> Node:
     node = engine.store.special.get(path)
     if node is None:
         raise NoEntry()
@@ -299,12 +300,16 @@ HANDLERS: dict[int, tuple[Handler, int]] = {
     Op.UNWATCH: (do_unwatch, NOTID),
     Op.TRANSACTION_START: (do_transaction_start, 0),
     Op.TRANSACTION_END: (do_transaction_end, 0),
+    Op.INTRODUCE: (domains.do_introduce, PRIV),
+    Op.RELEASE: (domains.do_release, PRIV),
     Op.GET_DOMAIN_PATH: (do_get_domain_path, 0),
     Op.WRITE: (do_write, 0),
     Op.MKDIR: (do_mkdir, 0),
     Op.RM: (do_rm, 0),
     Op.SET_PERMS: (do_set_perms, 0),
     Op.IS_DOMAIN_INTRODUCED: (do_is_domain_introduced, PRIV),
+    Op.RESUME: (domains.do_resume, PRIV),
+    Op.SET_TARGET: (domains.do_set_target, PRIV),
     Op.RESET_WATCHES: (do_reset_watches, 0),
     Op.DIRECTORY_PART: (do_directory_part, 0),
     Op.GET_FEATURE: (features.do_get_feature, 0),

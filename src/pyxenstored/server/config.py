@@ -36,6 +36,10 @@ class Config:
     log_file: str | None = None
     trace_file: str | None = None
     verbose: int = 0
+    #: Emulated hypervisor directory (EMULATION.md); None: sockets only.
+    host_dir: str | None = None
+    #: Seconds between safety-net scans of every ring (lost kicks).
+    ring_scan_interval: float = 1.0
     #: A socket client whose unsent output exceeds this is disconnected.
     socket_output_limit: int = 16 * 1024 * 1024
     #: Seconds a watch event may wait for an unprivileged domain (C -w).

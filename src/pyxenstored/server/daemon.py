@@ -18,12 +18,13 @@ import os
 import signal
 import socket
 import stat
-from typing import TextIO
+from typing import Protocol
 
 from pyxenstored.engine.connections import Connection
 from pyxenstored.engine.engine import Engine
 from pyxenstored.errors import RemoteProtocolError
 from pyxenstored.server.config import Config
+from pyxenstored.server.emulated import EmulatedHost
 from pyxenstored.server.trace import Tracer
 from pyxenstored.wire.decoder import NEED_DATA, PacketDecoder
 
@@ -33,6 +34,12 @@ log = logging.getLogger(__name__)
 
 #: Stop reading a client's requests while this much of its output waits.
 _PAUSE_AT = 256 * 1024
+
+
+class _Client(Protocol):
+    """Where the output of one connection goes."""
+
+    def send(self, messages: list[bytes]) -> None: ...
 
 
 class SocketInUse(Exception):
@@ -114,15 +121,21 @@ class _SocketClient(asyncio.Protocol):
         self.transport = None
 
 
+def _write_pid(path: str) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(f"{os.getpid()}\n")
+
+
 class Daemon:
     """Serve one engine on the Unix socket until stopped."""
 
     def __init__(self, config: Config, engine: Engine | None = None) -> None:
         self.config = config
         self.engine = engine or Engine(config.engine)
-        self.clients: dict[int, _SocketClient] = {}
+        self.clients: dict[int, _Client] = {}
+        self.host: EmulatedHost | None = None
+        self._scanner: asyncio.Task[None] | None = None
         self.tracer: Tracer | None = None
-        self._trace_stream: TextIO | None = None
         self._server: asyncio.AbstractServer | None = None
         self._stopped: asyncio.Event | None = None
 
@@ -181,18 +194,19 @@ class Daemon:
     async def start(self) -> None:
         """Bind the socket and start accepting clients."""
         if self.config.trace_file:
-            self._trace_stream = open(  # noqa: SIM115 - closed in close()
-                self.config.trace_file, "a", buffering=1, encoding="utf-8"
-            )
-            self.tracer = Tracer(self._trace_stream)
+            self.tracer = Tracer.open(self.config.trace_file)
         sock = self._bind()
         loop = asyncio.get_running_loop()
+        if self.config.host_dir:
+            self.host = EmulatedHost(self.config.host_dir, self)
+            self.host.start(loop)
+            self.engine.hypervisor = self.host
+            self._scanner = loop.create_task(self._scan_rings())
         self._server = await loop.create_unix_server(
             lambda: _SocketClient(self), sock=sock
         )
         if self.config.pid_file:
-            with open(self.config.pid_file, "w", encoding="ascii") as f:
-                f.write(f"{os.getpid()}\n")
+            _write_pid(self.config.pid_file)
         log.info("serving %s", self.config.socket_path)
 
     async def serve(self) -> None:
@@ -209,6 +223,12 @@ class Daemon:
                 loop.remove_signal_handler(signum)
             await self.close()
 
+    async def _scan_rings(self) -> None:
+        while self.host is not None:
+            await asyncio.sleep(self.config.ring_scan_interval)
+            if self.host is not None:
+                self.host.rescan()
+
     def stop(self) -> None:
         log.info("stopping")
         if self._stopped is not None:
@@ -216,10 +236,18 @@ class Daemon:
 
     async def close(self) -> None:
         """Stop accepting, drop every client, remove the socket and pid file."""
+        if self._scanner is not None:
+            self._scanner.cancel()
+            self._scanner = None
+        if self.host is not None:
+            self.host.close(asyncio.get_running_loop())
+            self.engine.hypervisor = None
+            self.host = None
         if self._server is not None:
             self._server.close()
             for client in list(self.clients.values()):
-                client.close()
+                if isinstance(client, _SocketClient):
+                    client.close()
             await self._server.wait_closed()
             self._server = None
         with contextlib.suppress(FileNotFoundError):

@@ -17,7 +17,14 @@ class Tracer:
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
 
-    def _line(self, conn: str, direction: str, op: int, req: int, tx: int, payload: bytes) -> None:
+    @classmethod
+    def open(cls, path: str) -> Tracer:
+        """Append to the trace file at ``path``."""
+        return cls(open(path, "a", buffering=1, encoding="utf-8"))
+
+    def _line(
+        self, conn: str, direction: str, op: int, req: int, tx: int, payload: bytes
+    ) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         self._stream.write(
             f"{stamp} {conn} {direction} {op_name(op)} req={req} tx={tx} "

@@ -209,9 +209,7 @@ def get_perms(view: View, caller: Caller, path: str) -> Perms:
     return _lookup(view, caller, path, Access.READ).perms
 
 
-def write(
-    view: View, caller: Caller, path: str, value: bytes, quotas: Quotas
-) -> None:
+def write(view: View, caller: Caller, path: str, value: bytes, quotas: Quotas) -> None:
     """WRITE: set a value, creating the node and missing ancestors."""
     node = view.get(path)
     if node is None:

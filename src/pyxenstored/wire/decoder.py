@@ -57,7 +57,7 @@ class PacketDecoder:
         have = len(self._buf)
         if have < HEADER_SIZE:
             return HEADER_SIZE - have
-        length = HEADER.unpack_from(self._buf)[3]
+        length: int = HEADER.unpack_from(self._buf)[3]
         return max(HEADER_SIZE + length - have, 0)
 
     def next_packet(self) -> Packet | _Need:
@@ -73,9 +73,7 @@ class PacketDecoder:
             return NEED_DATA
         op, req_id, tx_id, length = HEADER.unpack_from(buf)
         if length > PAYLOAD_MAX:
-            raise RemoteProtocolError(
-                f"message length {length} exceeds {PAYLOAD_MAX}"
-            )
+            raise RemoteProtocolError(f"message length {length} exceeds {PAYLOAD_MAX}")
         end = HEADER_SIZE + length
         if len(buf) < end:
             return NEED_DATA

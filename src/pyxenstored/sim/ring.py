@@ -1,0 +1,239 @@
+"""The guest's end of a ring page and event channel, over a host directory.
+
+:class:`HostDir` is the simulated hypervisor's view of a host directory
+(create a domain's page, mark it dying, kick the daemon's VIRQ).
+:class:`GuestRing` is what a guest kernel's xenbus driver does: write
+requests into ``req``, read replies from ``rsp``, kick the daemon through
+``DIR/evtchn`` and wait for its kicks on ``DIR/notify-N``.  It is a
+blocking byte transport; the client library frames xenstore messages over
+it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import select
+import socket
+import struct
+import time
+
+from pyxenstored.errors import BrokenConnection, ConnectionClosed
+from pyxenstored.wire.ring import PAGE_SIZE, ConnectionState, Ring
+
+__all__ = ["GuestRing", "HostDir"]
+
+KICK = struct.Struct("=I")
+
+
+class HostDir:
+    """The simulated hypervisor of one host directory (EMULATION.md)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def create_domain(self, domid: int, page: bytes | None = None) -> None:
+        """Give domain ``domid`` a ring page (zeroed, or the bytes given)."""
+        os.makedirs(self.directory, exist_ok=True)
+        data = page if page is not None else bytes(PAGE_SIZE)
+        if len(data) != PAGE_SIZE:
+            raise ValueError("a ring page is 4096 bytes")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(f"dying-{domid}"))
+        tmp = self.path(f".ring-{domid}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self.path(f"ring-{domid}"))
+
+    def read_page(self, domid: int) -> bytes:
+        with open(self.path(f"ring-{domid}"), "rb") as f:
+            return f.read()
+
+    def domain_exists(self, domid: int) -> bool:
+        return os.path.exists(self.path(f"ring-{domid}"))
+
+    def kill_domain(self, domid: int, *, remove: bool = False) -> None:
+        """Mark a domain dying (or remove it) and tell the daemon."""
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(f"ring-{domid}"))
+        else:
+            with open(self.path(f"dying-{domid}"), "w", encoding="ascii"):
+                pass
+        self.kick(self.read_port("virq-port"))
+
+    def read_port(self, name: str) -> int:
+        with open(self.path(name), encoding="ascii") as f:
+            return int(f.read().strip())
+
+    def kick(self, port: int) -> None:
+        """Send one event-channel kick to the daemon."""
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s,
+            contextlib.suppress(OSError),
+        ):
+            s.sendto(KICK.pack(port), self.path("evtchn"))
+
+
+class GuestRing:
+    """Blocking byte transport over a domain's ring (the guest's side).
+
+    The daemon-side port is read from ``DIR/port-N`` when first needed, so
+    a guest can be created before the toolstack introduces it, and
+    :meth:`move` re-points it at another host without the client above
+    noticing (EMULATION.md, "Moving a guest between hosts").
+    """
+
+    def __init__(
+        self, directory: str, domid: int, timeout: float | None = 30.0
+    ) -> None:
+        self.domid = domid
+        self.timeout = timeout
+        self._host = HostDir(directory)
+        self._mapping: mmap.mmap | None = None
+        self._ring: Ring | None = None
+        self._notify: socket.socket | None = None
+        self._port: int | None = None
+        self._open(directory)
+
+    def _open(self, directory: str) -> None:
+        self._host = HostDir(directory)
+        fd = os.open(self._host.path(f"ring-{self.domid}"), os.O_RDWR)
+        try:
+            self._mapping = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED)
+        finally:
+            os.close(fd)
+        self._ring = Ring(memoryview(self._mapping))
+        path = self._host.path(f"notify-{self.domid}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.setblocking(False)
+        self._notify = sock
+        self._port = None
+
+    @property
+    def ring(self) -> Ring:
+        if self._ring is None:
+            raise ConnectionClosed("ring closed")
+        return self._ring
+
+    def fileno(self) -> int:
+        """The notification socket, for select/poll and asyncio readers."""
+        if self._notify is None:
+            raise ConnectionClosed("ring closed")
+        return self._notify.fileno()
+
+    def _daemon_port(self) -> int | None:
+        if self._port is None:
+            try:
+                self._port = self._host.read_port(f"port-{self.domid}")
+            except (FileNotFoundError, ValueError):
+                return None
+        return self._port
+
+    def kick(self) -> None:
+        port = self._daemon_port()
+        if port is not None:
+            self._host.kick(port)
+
+    def drain_kicks(self) -> None:
+        assert self._notify is not None
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self._notify.recv(64)
+
+    def wait(self, timeout: float | None) -> None:
+        """Sleep until the daemon kicks (or ``timeout``); then re-check."""
+        assert self._notify is not None
+        select.select([self._notify], [], [], timeout)
+        self.drain_kicks()
+
+    def _deadline(self) -> float | None:
+        return None if self.timeout is None else time.monotonic() + self.timeout
+
+    def _left(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            return 0.5
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BrokenConnection("timed out waiting for the daemon")
+        return min(left, 0.5)
+
+    def _check(self) -> None:
+        ring = self.ring
+        if ring.error:
+            raise BrokenConnection(
+                f"the daemon marked the ring broken (error {ring.error})"
+            )
+        if ring.connection == ConnectionState.RECONNECT:
+            # A reset we asked for is in progress: wait for the server.
+            raise BlockingIOError
+
+    # -- transport ----------------------------------------------------------
+
+    def send_all(self, data: bytes) -> None:
+        """Write all of ``data`` into ``req``, waiting for space."""
+        deadline = self._deadline()
+        view = memoryview(data)
+        while view:
+            self._check()
+            n = self.ring.write_requests(bytes(view[:1024]))
+            if n:
+                view = view[n:]
+                self.kick()
+                continue
+            self.wait(self._left(deadline))
+
+    def receive_some(self, max_bytes: int = 4096) -> bytes:
+        """Read what is in ``rsp``, waiting for at least one byte."""
+        deadline = self._deadline()
+        while True:
+            self._check()
+            data = self.ring.read_replies(max_bytes)
+            if data:
+                self.kick()
+                return data
+            self.wait(self._left(deadline))
+
+    def receive_nowait(self, max_bytes: int = 4096) -> bytes:
+        data = self.ring.read_replies(max_bytes)
+        if data:
+            self.kick()
+        return data
+
+    def request_reconnect(self) -> None:
+        """Ask the daemon for a ring reset (RING.md 6) and wait for it."""
+        self.ring.connection = ConnectionState.RECONNECT
+        self.kick()
+        deadline = self._deadline()
+        while self.ring.connection == ConnectionState.RECONNECT:
+            self.wait(self._left(deadline))
+
+    def move(self, directory: str) -> None:
+        """Re-point this guest at another host directory (migration).
+
+        The page itself is copied by the hypervisor, not here; the guest's
+        client keeps its state and is told nothing.
+        """
+        self._close_local()
+        self._open(directory)
+
+    def _close_local(self) -> None:
+        if self._ring is not None:
+            self._ring.release()
+            self._ring = None
+        if self._mapping is not None:
+            self._mapping.close()
+            self._mapping = None
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+
+    def close(self) -> None:
+        self._close_local()

@@ -1,0 +1,224 @@
+"""The shared ring page, ``struct xenstore_domain_interface`` (RING.md).
+
+Theory of operation:
+
+1. The page holds two 1 KiB byte rings (``req`` guest to server, ``rsp``
+   server to guest) and four free-running 32-bit indices.  The indices
+   count bytes modulo 2**32; byte ``x`` of a stream lives at offset
+   ``x & 1023``.  Unread bytes are ``(prod - cons) mod 2**32``; a value
+   above 1024 means the other side corrupted the ring.
+2. Each pass reads the other side's index *once* into a local and
+   validates that snapshot; the guest can change the page at any moment,
+   so nothing is read twice between check and use.
+3. Order: copy data out before publishing the new consumer index, and
+   copy data in before publishing the new producer index.  Each index is
+   stored as one aligned 32-bit store through a ``memoryview`` cast to
+   ``"I"`` (CPython performs it as one native store).  On x86-64 the
+   hardware keeps the load/store orders this needs, so no fences are
+   issued; a weakly ordered CPU would need a native barrier helper
+   (RING.md 3.2), which this module would call in the marked places.
+4. This module works on any writable 4096-byte buffer and does no I/O:
+   mapping the page and signalling the event channel belong to the shells.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from pyxenstored.errors import RemoteProtocolError
+
+__all__ = [
+    "PAGE_SIZE",
+    "RING_SIZE",
+    "ConnectionState",
+    "Ring",
+    "RingCorrupt",
+    "RingError",
+]
+
+PAGE_SIZE = 4096
+#: ``XENSTORE_RING_SIZE``: bytes in each of ``req`` and ``rsp``.
+RING_SIZE = 1024
+_MASK = RING_SIZE - 1
+_U32 = 0xFFFFFFFF
+
+_REQ = 0
+_RSP = 1024
+# Word (u32) positions of the fields after the two arrays.
+_REQ_CONS = 512
+_REQ_PROD = 513
+_RSP_CONS = 514
+_RSP_PROD = 515
+_SERVER_FEATURES = 516
+_CONNECTION = 517
+_ERROR = 518
+_EVTCHN_PORT = 519
+
+
+class RingError(IntEnum):
+    """Values of the ``error`` field (RING.md 7)."""
+
+    NONE = 0
+    #: Event channel or page could not be re-established.
+    COMM = 1
+    #: Inconsistent producer/consumer indices.
+    RINGIDX = 2
+    #: The guest sent a message longer than 4096 bytes.
+    PROTO = 3
+
+
+class ConnectionState(IntEnum):
+    """Values of the ``connection`` field (RING.md 6)."""
+
+    CONNECTED = 0
+    #: The guest asks for a reset (or a dom0less guest waits for the server).
+    RECONNECT = 1
+
+
+class RingCorrupt(RemoteProtocolError):
+    """The other side left indices that cannot be right."""
+
+
+class Ring:
+    """A view of one ring page, usable by the server or by the guest."""
+
+    __slots__ = ("_page", "_words")
+
+    def __init__(self, page: memoryview) -> None:
+        if len(page) < PAGE_SIZE or page.readonly:
+            raise ValueError("a ring page is 4096 writable bytes")
+        self._page = page[:PAGE_SIZE].cast("B")
+        self._words = self._page.cast("I")
+
+    def release(self) -> None:
+        """Drop the views so the underlying mapping can be closed."""
+        self._words.release()
+        self._page.release()
+
+    # -- plain fields ---------------------------------------------------------
+
+    def _get(self, word: int) -> int:
+        return int(self._words[word])
+
+    def _set(self, word: int, value: int) -> None:
+        self._words[word] = value & _U32
+
+    @property
+    def server_features(self) -> int:
+        return self._get(_SERVER_FEATURES)
+
+    @server_features.setter
+    def server_features(self, value: int) -> None:
+        self._set(_SERVER_FEATURES, value)
+
+    @property
+    def connection(self) -> int:
+        return self._get(_CONNECTION)
+
+    @connection.setter
+    def connection(self, value: int) -> None:
+        self._set(_CONNECTION, value)
+
+    @property
+    def error(self) -> int:
+        return self._get(_ERROR)
+
+    @error.setter
+    def error(self, value: int) -> None:
+        self._set(_ERROR, value)
+
+    @property
+    def evtchn_port(self) -> int:
+        return self._get(_EVTCHN_PORT)
+
+    def indexes(self) -> tuple[int, int, int, int]:
+        """``(req_cons, req_prod, rsp_cons, rsp_prod)``, for diagnostics."""
+        w = self._words
+        return (
+            int(w[_REQ_CONS]),
+            int(w[_REQ_PROD]),
+            int(w[_RSP_CONS]),
+            int(w[_RSP_PROD]),
+        )
+
+    # -- the two generic halves -------------------------------------------
+
+    def _consume(self, cons_word: int, prod_word: int, area: int, limit: int) -> bytes:
+        words = self._words
+        cons = int(words[cons_word])
+        prod = int(words[prod_word])  # read once: the producer may move it
+        used = (prod - cons) & _U32
+        if used > RING_SIZE:
+            raise RingCorrupt(f"indices {cons:#x}/{prod:#x} are {used} bytes apart")
+        n = min(used, limit)
+        if n <= 0:
+            return b""
+        # (barrier: indices before data)
+        start = cons & _MASK
+        first = min(n, RING_SIZE - start)
+        page = self._page
+        data = bytes(page[area + start : area + start + first])
+        if first < n:
+            data += bytes(page[area : area + n - first])
+        # (barrier: data before releasing the space)
+        words[cons_word] = (cons + n) & _U32
+        return data
+
+    def _produce(self, cons_word: int, prod_word: int, area: int, data: bytes) -> int:
+        words = self._words
+        cons = int(words[cons_word])  # read once: the consumer may move it
+        prod = int(words[prod_word])
+        used = (prod - cons) & _U32
+        if used > RING_SIZE:
+            raise RingCorrupt(f"indices {cons:#x}/{prod:#x} are {used} bytes apart")
+        n = min(RING_SIZE - used, len(data))
+        if n <= 0:
+            return 0
+        start = prod & _MASK
+        first = min(n, RING_SIZE - start)
+        page = self._page
+        page[area + start : area + start + first] = data[:first]
+        if first < n:
+            page[area : area + n - first] = data[first:n]
+        # (write barrier: data visible before the new index)
+        words[prod_word] = (prod + n) & _U32
+        return n
+
+    # -- server side ------------------------------------------------------
+
+    def read_requests(self, limit: int = RING_SIZE) -> bytes:
+        """Server: take up to ``limit`` request bytes off ``req``.
+
+        Raises:
+            RingCorrupt: the guest's indices are inconsistent.
+        """
+        return self._consume(_REQ_CONS, _REQ_PROD, _REQ, limit)
+
+    def write_replies(self, data: bytes) -> int:
+        """Server: put as much of ``data`` as fits into ``rsp``; return it.
+
+        Raises:
+            RingCorrupt: the guest's indices are inconsistent.
+        """
+        return self._produce(_RSP_CONS, _RSP_PROD, _RSP, data)
+
+    def requests_pending(self) -> int:
+        return (self._get(_REQ_PROD) - self._get(_REQ_CONS)) & _U32
+
+    def reply_space(self) -> int:
+        return RING_SIZE - ((self._get(_RSP_PROD) - self._get(_RSP_CONS)) & _U32)
+
+    def reset_indexes(self) -> None:
+        """Zero all four indices (C's INTRODUCE; a reconnection)."""
+        for word in (_REQ_CONS, _REQ_PROD, _RSP_CONS, _RSP_PROD):
+            self._words[word] = 0
+
+    # -- guest side -------------------------------------------------------
+
+    def write_requests(self, data: bytes) -> int:
+        """Guest: put as much of ``data`` as fits into ``req``; return it."""
+        return self._produce(_REQ_CONS, _REQ_PROD, _REQ, data)
+
+    def read_replies(self, limit: int = RING_SIZE) -> bytes:
+        """Guest: take up to ``limit`` bytes off ``rsp``."""
+        return self._consume(_RSP_CONS, _RSP_PROD, _RSP, limit)
