@@ -8,6 +8,6 @@ be served by pyxenstored, C xenstored or oxenstored.
 
 from __future__ import annotations
 
-from pyxenstored.sim.ring import GuestRing, HostDir
+from pyxenstored.sim.ring import AsyncGuestRing, GuestRing, HostDir
 
-__all__ = ["GuestRing", "HostDir"]
+__all__ = ["AsyncGuestRing", "GuestRing", "HostDir"]

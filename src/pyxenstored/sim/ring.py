@@ -11,6 +11,7 @@ it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import mmap
 import os
@@ -22,9 +23,12 @@ import time
 from pyxenstored.errors import BrokenConnection, ConnectionClosed
 from pyxenstored.wire.ring import PAGE_SIZE, ConnectionState, Ring
 
-__all__ = ["GuestRing", "HostDir"]
+__all__ = ["AsyncGuestRing", "GuestRing", "HostDir"]
 
 KICK = struct.Struct("=I")
+#: Re-check the ring at least this often even without a kick (a lost kick
+#: is harmless by design, but must not stall the guest).
+_POLL = 0.5
 
 
 class HostDir:
@@ -154,32 +158,23 @@ class GuestRing:
         select.select([self._notify], [], [], timeout)
         self.drain_kicks()
 
-    def _deadline(self) -> float | None:
-        return None if self.timeout is None else time.monotonic() + self.timeout
-
-    def _left(self, deadline: float | None) -> float | None:
-        if deadline is None:
-            return 0.5
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise BrokenConnection("timed out waiting for the daemon")
-        return min(left, 0.5)
-
     def _check(self) -> None:
         ring = self.ring
         if ring.error:
             raise BrokenConnection(
                 f"the daemon marked the ring broken (error {ring.error})"
             )
-        if ring.connection == ConnectionState.RECONNECT:
-            # A reset we asked for is in progress: wait for the server.
-            raise BlockingIOError
 
     # -- transport ----------------------------------------------------------
 
     def send_all(self, data: bytes) -> None:
-        """Write all of ``data`` into ``req``, waiting for space."""
-        deadline = self._deadline()
+        """Write all of ``data`` into ``req``, waiting for space.
+
+        Raises:
+            BrokenConnection: the daemon marked the ring broken, or left no
+                space for ``self.timeout`` seconds.
+        """
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         view = memoryview(data)
         while view:
             self._check()
@@ -188,32 +183,40 @@ class GuestRing:
                 view = view[n:]
                 self.kick()
                 continue
-            self.wait(self._left(deadline))
+            if deadline is not None and time.monotonic() > deadline:
+                raise BrokenConnection("the daemon does not consume requests")
+            self.wait(_POLL)
 
-    def receive_some(self, max_bytes: int = 4096) -> bytes:
-        """Read what is in ``rsp``, waiting for at least one byte."""
-        deadline = self._deadline()
+    def receive_some(
+        self, max_bytes: int = 65536, timeout: float | None = None
+    ) -> bytes:
+        """Read what is in ``rsp``, waiting for at least one byte.
+
+        Raises:
+            TimeoutError: nothing arrived within ``timeout`` seconds.
+            BrokenConnection: the daemon marked the ring broken.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._check()
             data = self.ring.read_replies(max_bytes)
             if data:
                 self.kick()
                 return data
-            self.wait(self._left(deadline))
-
-    def receive_nowait(self, max_bytes: int = 4096) -> bytes:
-        data = self.ring.read_replies(max_bytes)
-        if data:
-            self.kick()
-        return data
+            wait = _POLL
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"nothing received within {timeout} s")
+                wait = min(left, _POLL)
+            self.wait(wait)
 
     def request_reconnect(self) -> None:
         """Ask the daemon for a ring reset (RING.md 6) and wait for it."""
         self.ring.connection = ConnectionState.RECONNECT
         self.kick()
-        deadline = self._deadline()
         while self.ring.connection == ConnectionState.RECONNECT:
-            self.wait(self._left(deadline))
+            self.wait(_POLL)
 
     def move(self, directory: str) -> None:
         """Re-point this guest at another host directory (migration).
@@ -237,3 +240,54 @@ class GuestRing:
 
     def close(self) -> None:
         self._close_local()
+
+
+class AsyncGuestRing:
+    """The asyncio twin of :class:`GuestRing` (same page, same kicks)."""
+
+    def __init__(self, directory: str, domid: int) -> None:
+        self.sync = GuestRing(directory, domid, timeout=None)
+
+    async def _wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        fd = self.sync.fileno()
+
+        def woken() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, woken)
+        try:
+            await asyncio.wait_for(ready, _POLL)
+        except TimeoutError:
+            pass
+        finally:
+            loop.remove_reader(fd)
+        self.sync.drain_kicks()
+
+    async def send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            self.sync._check()
+            n = self.sync.ring.write_requests(bytes(view[:1024]))
+            if n:
+                view = view[n:]
+                self.sync.kick()
+            else:
+                await self._wait()
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        while True:
+            self.sync._check()
+            data = self.sync.ring.read_replies(max_bytes)
+            if data:
+                self.sync.kick()
+                return data
+            await self._wait()
+
+    def move(self, directory: str) -> None:
+        self.sync.move(directory)
+
+    async def aclose(self) -> None:
+        self.sync.close()
