@@ -60,10 +60,15 @@ class RunningDaemon:
         self.trace = directory / "trace"
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "pyxenstored.cli.xenstored",
-                "--socket", str(self.socket),
-                "--log-file", str(self.log),
-                "--trace-file", str(self.trace),
+                sys.executable,
+                "-m",
+                "pyxenstored.cli.xenstored",
+                "--socket",
+                str(self.socket),
+                "--log-file",
+                str(self.log),
+                "--trace-file",
+                str(self.trace),
                 *extra,
             ],
         )
@@ -107,7 +112,10 @@ class CDaemon:
         self.socket = directory / "socket"
         out = subprocess.run(
             ["sh", str(PEERS / "start-c-xenstored.sh"), str(self.socket), *extra],
-            capture_output=True, text=True, check=True, timeout=300,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
         )
         self.pid = int(out.stdout.strip().splitlines()[-1])
 
@@ -116,7 +124,16 @@ class CDaemon:
         return {**os.environ, "XENSTORED_PATH": str(self.socket)}
 
     def stop(self) -> None:
-        subprocess.run(["sh", str(PEERS / "stop-peer.sh", ), str(self.pid)], check=False)
+        subprocess.run(
+            [
+                "sh",
+                str(
+                    PEERS / "stop-peer.sh",
+                ),
+                str(self.pid),
+            ],
+            check=False,
+        )
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ client raises the same classes when it decodes an ERROR reply, so
 from __future__ import annotations
 
 import errno
-import os
 from typing import ClassVar
 
 __all__ = [
@@ -61,6 +60,27 @@ ERROR_NAMES: tuple[str, ...] = (
     "E2BIG",
     "EPERM",
 )
+
+
+#: What each name means in xenstore terms.
+_TEXT = {
+    "EINVAL": "invalid argument",
+    "EACCES": "permission denied",
+    "EEXIST": "already exists",
+    "EISDIR": "is a directory",
+    "ENOENT": "no such node",
+    "ENOMEM": "out of memory",
+    "ENOSPC": "quota exceeded",
+    "EIO": "input/output error",
+    "ENOTEMPTY": "not empty",
+    "ENOSYS": "operation not supported",
+    "EROFS": "read-only",
+    "EBUSY": "busy",
+    "EAGAIN": "transaction conflict, try again",
+    "EISCONN": "already connected",
+    "E2BIG": "too big",
+    "EPERM": "operation not permitted",
+}
 
 
 class XenstoreError(Exception):
@@ -116,10 +136,7 @@ class XsError(XenstoreError):
 
     @staticmethod
     def describe(code: str) -> str:
-        value = getattr(errno, code, None)
-        if value is None:
-            return code
-        return f"{code}: {os.strerror(value)}"
+        return f"{code}: {_TEXT.get(code, 'error')}"
 
     @classmethod
     def from_code(cls, code: str, message: str = "") -> XsError:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 
 from pyxenstored.errors import InvalidArgument
-from pyxenstored.wire.ops import ABS_PATH_MAX
 
 __all__ = [
+    "ABS_PATH_MAX",
     "INTRODUCE_DOMAIN",
+    "REL_PATH_MAX",
     "RELEASE_DOMAIN",
     "SPECIAL_NODES",
     "canonicalize",
@@ -24,6 +25,11 @@ __all__ = [
     "parent_of",
     "relative_to",
 ]
+
+#: ``XENSTORE_ABS_PATH_MAX``: absolute paths longer than this are refused.
+ABS_PATH_MAX = 3072
+#: ``XENSTORE_REL_PATH_MAX``: what clients should keep relative paths within.
+REL_PATH_MAX = 2048
 
 #: The two special nodes that hold permissions but no data.
 INTRODUCE_DOMAIN = "@introduceDomain"

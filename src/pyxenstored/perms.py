@@ -7,6 +7,7 @@ domain no later entry matches.
 
 from __future__ import annotations
 
+import re
 from enum import IntFlag
 from typing import NamedTuple
 
@@ -52,6 +53,12 @@ class Access(IntFlag):
     ALL = 7
 
 
+#: The domid syntax C's strtol(.., 0) accepts, minus whitespace and minus
+#: signs: the whole text must match, or C would stop early and say EINVAL.
+#: Explicit ASCII classes, because Python's int() would also take "1_0",
+#: inner spaces, a sign after the prefix and non-ASCII digits.
+_DOMID_TEXT = re.compile(r"\+?(?:0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*))")
+
 _LETTERS = {"n": Access.NONE, "r": Access.READ, "w": Access.WRITE, "b": Access.BOTH}
 _LETTER_OF = {v: k for k, v in _LETTERS.items()}
 
@@ -92,29 +99,24 @@ def parse_domid(text: str) -> int:
 def parse_perm(text: str) -> Perm:
     """Parse ``n5``, ``r0``, ``w12``, ``b3``.
 
-    Like C, the domid may carry a ``0x`` (hex) or leading-``0`` (octal)
-    prefix; unlike C, negative values and values above 65535 are refused
-    instead of being stored as dead entries.
+    Like C, the domid may carry a ``+``, a ``0x`` (hex) or a leading-``0``
+    (octal) prefix, and anything after the number is refused; unlike C,
+    leading whitespace, negative values and values above 65535 are refused
+    instead of being stored as dead (or truncated) entries (PROTOCOL.md 5.1).
 
     Raises:
         InvalidArgument: unknown letter, empty or malformed domid.
     """
-    if len(text) < 2 or text[0] not in _LETTERS:
+    match = _DOMID_TEXT.fullmatch(text, 1)
+    if not text or text[0] not in _LETTERS or match is None:
         raise InvalidArgument(f"bad permission {text!r}")
-    number = text[1:]
-    if number.startswith("+"):
-        number = number[1:]
-    try:
-        if number[:2] in ("0x", "0X"):
-            domid = int(number[2:], 16)
-        elif len(number) > 1 and number[0] == "0":
-            domid = int(number[1:], 8)
-        elif number.isascii() and number.isdigit():
-            domid = int(number)
-        else:
-            raise ValueError(number)
-    except ValueError:
-        raise InvalidArgument(f"bad permission {text!r}") from None
+    hexadecimal, octal, decimal = match.groups()
+    if hexadecimal is not None:
+        domid = int(hexadecimal, 16)
+    elif octal is not None:
+        domid = int(octal, 8)
+    else:
+        domid = int(decimal)
     if domid > DOMID_MAX:
         raise InvalidArgument(f"bad permission {text!r}")
     return Perm(_LETTERS[text[0]], domid)

@@ -67,7 +67,19 @@ class WatchTable:
     def __init__(self) -> None:
         self._by_path: dict[str, list[Watch]] = {}
         self._by_conn: dict[int, dict[tuple[str, str], Watch]] = {}
+        #: Host-wide counter: orders registrations and numbers list versions.
         self._seq = 0
+        #: Per connection: the counter value at the last change of its list.
+        self._generation: dict[int, int] = {}
+
+    def bump(self) -> int:
+        """A fresh value of the counter (never reused in this process)."""
+        self._seq += 1
+        return self._seq
+
+    def generation(self, conn_id: int) -> int:
+        """Changes whenever the connection's watch list changes (GET_DOMAIN_WATCHES)."""
+        return self._generation.get(conn_id, 0)
 
     def __len__(self) -> int:
         return sum(len(w) for w in self._by_conn.values())
@@ -108,8 +120,9 @@ class WatchTable:
         mine = self._by_conn.setdefault(conn_id, {})
         if (path, token) in mine:
             raise AlreadyExists()
-        self._seq += 1
-        watch = Watch(conn_id, path, token, wpath, home, self._seq, depth)
+        seq = self.bump()
+        self._generation[conn_id] = seq
+        watch = Watch(conn_id, path, token, wpath, home, seq, depth)
         mine[(path, token)] = watch
         self._by_path.setdefault(path, []).append(watch)
         return watch
@@ -124,12 +137,15 @@ class WatchTable:
         watch = mine.pop((path, token), None) if mine else None
         if watch is None:
             raise NoEntry()
+        self._generation[conn_id] = self.bump()
         self._unindex(watch)
         return watch
 
     def remove_all(self, conn_id: int) -> list[Watch]:
         """Unregister every watch of a connection."""
         mine = self._by_conn.pop(conn_id, {})
+        if mine:
+            self._generation[conn_id] = self.bump()
         for watch in mine.values():
             self._unindex(watch)
         return list(mine.values())

@@ -8,7 +8,9 @@ from tests.conftest import RunningDaemon
 
 
 def run(daemon: RunningDaemon, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=daemon.env, capture_output=True, text=True, timeout=10)
+    return subprocess.run(
+        argv, env=daemon.env, capture_output=True, text=True, timeout=10
+    )
 
 
 def test_write_then_read_with_debian_tools(daemon: RunningDaemon) -> None:
@@ -22,8 +24,16 @@ def test_stale_socket_is_replaced_and_live_one_refused(daemon: RunningDaemon) ->
     import sys
 
     second = subprocess.run(
-        [sys.executable, "-m", "pyxenstored.cli.xenstored", "--socket", str(daemon.socket)],
-        capture_output=True, text=True, timeout=10,
+        [
+            sys.executable,
+            "-m",
+            "pyxenstored.cli.xenstored",
+            "--socket",
+            str(daemon.socket),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
     )
     assert second.returncode == 1
     assert "another xenstored is serving" in second.stderr

@@ -27,6 +27,7 @@ class Connection:
         "out",
         "privileged",
         "queued_events",
+        "restored",
         "target",
         "transactions",
     )
@@ -48,6 +49,8 @@ class Connection:
         #: duplicate suppression.
         self.queued_events: set[bytes] = set()
         self.closed = False
+        #: Restored by a migration: unknown transaction ids are doomed.
+        self.restored = False
 
     def queue(self, message: bytes) -> None:
         self.out.append(message)
@@ -69,4 +72,6 @@ class Connection:
     @staticmethod
     def message_op(message: bytes) -> int:
         """The type field of a framed message."""
-        return int(HEADER.unpack_from(message)[0]) if len(message) >= HEADER_SIZE else -1
+        return (
+            int(HEADER.unpack_from(message)[0]) if len(message) >= HEADER_SIZE else -1
+        )

@@ -9,6 +9,7 @@ small :class:`Hypervisor` interface, which the daemon's shell implements
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
@@ -33,6 +34,7 @@ __all__ = [
     "do_release",
     "do_resume",
     "do_set_target",
+    "domid_arg",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,18 @@ class Hypervisor(Protocol):
     def detach(self, conn: Connection) -> None:
         """Stop serving the ring, unmap it and unbind the event channel."""
 
+    def quiesce(self, conn: Connection, done: Callable[[bool], None]) -> None:
+        """Drain and stop the ring (MIGRATION.md a.3); call ``done`` once.
+
+        ``done(True)`` when drained and unmapped (at once if already
+        quiesced), ``done(False)`` on timeout; the domain stays quiesced.
+        """
+
+    def is_quiesced(self, conn: Connection) -> bool: ...
+
+    def resume(self, conn: Connection, remote_port: int) -> None:
+        """Map the ring again and carry on serving it (MIGRATION.md a.6)."""
+
 
 @dataclass(slots=True)
 class DomainInfo:
@@ -80,7 +94,7 @@ class DomainInfo:
     shutdown_reported: bool = False
 
 
-def _domid_arg(engine: Engine, text: str) -> int:
+def domid_arg(engine: Engine, text: str) -> int:
     """A domid that may be introduced/released: not the privileged domain."""
     domid = parse_domid(text)
     if domid == engine.priv_domid or domid >= DOMID_FIRST_RESERVED:
@@ -100,7 +114,7 @@ def do_introduce(
     args = split_args(packet.payload)
     if len(args) < 3:
         raise InvalidArgument("INTRODUCE takes domid, gfn and event channel")
-    domid = _domid_arg(engine, args[0])
+    domid = domid_arg(engine, args[0])
     gfn = _number(args[1])
     port = _number(args[2])
     if port == 0:
@@ -127,7 +141,7 @@ def do_introduce(
 
 
 def _introduced(engine: Engine, text: str) -> Connection:
-    domid = _domid_arg(engine, text)
+    domid = domid_arg(engine, text)
     found = engine.introduced.get(domid)
     if found is None:
         raise NoEntry(f"domain {domid} not introduced")

@@ -27,16 +27,24 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from pyxenstored import paths
 from pyxenstored.engine.connections import Connection
-from pyxenstored.engine.domains import DomainInfo, DomainState, Hypervisor, release_changes
+from pyxenstored.engine.domains import (
+    DomainInfo,
+    DomainState,
+    Hypervisor,
+    release_changes,
+)
 from pyxenstored.engine.features import DEFAULT_DOMAIN_FEATURES
 from pyxenstored.engine.handlers import HANDLERS, NOTID, PRIV
+from pyxenstored.engine.seed import StagedWatches
 from pyxenstored.errors import NoEntry, NotSupported, PermissionDenied, XsError
 from pyxenstored.paths import RELEASE_DOMAIN, SPECIAL_NODES, parent_of
 from pyxenstored.perms import Access, Perms, access_for
+from pyxenstored.store import tree
 from pyxenstored.store.node import Change
 from pyxenstored.store.quota import Limits, QuotaRule, Quotas
-from pyxenstored.store import tree
+from pyxenstored.store.transaction import Transaction
 from pyxenstored.store.tree import Store
 from pyxenstored.watches import WatchTable
 from pyxenstored.wire.ops import PAYLOAD_MAX, Op, ServerFeature
@@ -97,6 +105,8 @@ class Engine:
         self.domain_info: dict[int, DomainInfo] = {}
         #: The shell's access to rings and event channels (None: sockets only).
         self.hypervisor: Hypervisor | None = None
+        #: ADD_DOMAIN_WATCHES before INTRODUCE (MIGRATION.md a.4).
+        self.staged: dict[int, StagedWatches] = {}
         #: SET_FEATURE values waiting for (or used by) INTRODUCE.
         self.feature_overrides: dict[int, ServerFeature] = {}
         #: Set by CONTROL ``log``; the shell reads it.
@@ -155,7 +165,13 @@ class Engine:
         return self.hypervisor
 
     def domain_introduced(self, conn: Connection) -> None:
-        """Hook run after a new domain's connection is attached."""
+        """A new domain's connection is attached: attach staged watches."""
+        staged = self.staged.pop(conn.domid, None)
+        if staged is None:
+            return
+        conn.restored = True
+        for wpath, token in staged.watches:
+            self.add_watch(conn, wpath, token)
 
     def reintroduce(self, conn: Connection, gfn: int, port: int) -> None:
         """INTRODUCE of a domain already introduced: C's compatibility mode.
@@ -166,6 +182,12 @@ class Engine:
         """
         hypervisor = self.require_hypervisor()
         info = self.domain_info[conn.domid]
+        if hypervisor.is_quiesced(conn):
+            # The rollback of a failed migration: carry on where it stopped,
+            # with watches, transactions and queued output intact.
+            hypervisor.resume(conn, port)
+            info.gfn, info.remote_port = gfn, port
+            return
         if port != info.remote_port:
             hypervisor.rebind(conn, port)
         info.gfn, info.remote_port = gfn, port
@@ -176,6 +198,7 @@ class Engine:
         """RELEASE or death: drop the connection, its nodes; fire @releaseDomain."""
         conn = self.introduced.pop(domid)
         self.domain_info.pop(domid, None)
+        self.staged.pop(domid, None)
         # Watches first, so the domain is not told about its own clean-up.
         self.watches.remove_all(conn.id)
         if self.hypervisor is not None:
@@ -194,13 +217,18 @@ class Engine:
             if self.hypervisor.domain_state(domid) is not DomainState.RUNNING:
                 log.info("domain %d is gone; cleaning up", domid)
                 self.destroy_domain(domid)
+        for domid in list(self.staged):
+            if self.hypervisor.domain_state(domid) is not DomainState.RUNNING:
+                del self.staged[domid]
 
     def remove_subtree(self, path: str) -> None:
         """Remove a node and its subtree as the privileged domain."""
         tree.rm(self.store, _PRIVILEGED, path)
 
     def is_introduced(self, domid: int) -> bool:
-        return domid in self.introduced
+        # C introduces the privileged domain itself at start-up (dom0_init),
+        # so IS_DOMAIN_INTRODUCED answers T for it although it has no ring.
+        return domid == self.priv_domid or domid in self.introduced
 
     def domain_features(self, domid: int) -> ServerFeature:
         """The ``server_features`` word a domain is given."""
@@ -208,7 +236,9 @@ class Engine:
 
     def usage(self, domid: int) -> dict[str, int]:
         """What a domain currently uses of each quota."""
-        conns = [c for c in self.connections.values() if c.domid == domid and not c.is_socket]
+        conns = [
+            c for c in self.connections.values() if c.domid == domid and not c.is_socket
+        ]
         return {
             "nodes": self.store.owned(domid),
             "watches": sum(self.watches.count(c.id) for c in conns),
@@ -251,7 +281,7 @@ class Engine:
             if packet.tx_id and not flags & NOTID:
                 tx = conn.transactions.get(packet.tx_id)
                 if tx is None:
-                    raise NoEntry("no such transaction")
+                    tx = self._doomed_transaction(conn, packet)
             payload = func(self, conn, packet, tx)
         except XsError as error:
             self.store.changes.clear()
@@ -263,6 +293,46 @@ class Engine:
             self.fire(changes)
         if payload is not None:
             self.reply(conn, packet, payload)
+
+    def _doomed_transaction(self, conn: Connection, packet: Packet) -> Transaction:
+        """An unknown transaction id of a migrated domain (MIGRATION.md c.11).
+
+        The guest opened it on the source host.  It is re-created here
+        as a transaction that acts normally but can only end in EAGAIN
+        (or OK for an abort), which every client handles by redoing the
+        transaction; its writes never become visible.
+
+        Raises:
+            NoEntry: not a restored domain, or over its transaction quota.
+        """
+        if not conn.restored or packet.op == Op.TRANSACTION_START:
+            raise NoEntry("no such transaction")
+        if not conn.privileged:
+            limit = self.quotas.for_domain(conn.domid).transactions
+            if self.quotas.exceeded(len(conn.transactions) + 1, limit):
+                raise NoEntry("no such transaction")
+        tx = Transaction(
+            packet.tx_id, self.store, self.quotas, conn.domid, conn.privileged
+        )
+        tx.doomed = True
+        conn.transactions[packet.tx_id] = tx
+        log.info(
+            "%s: transaction %d from before migration, doomed",
+            conn.describe(),
+            packet.tx_id,
+        )
+        return tx
+
+    def add_watch(self, conn: Connection, wpath: str, token: str) -> None:
+        """Register a watch for ``conn`` as if it had sent WATCH itself.
+
+        Used by ADD_DOMAIN_WATCHES: the initial event goes to the domain.
+        The watch quota is not enforced but the watch is counted.
+        """
+        path = paths.canonicalize(wpath, conn.home, allow_special=True)
+        home = conn.home if wpath[0] not in "/@" else None
+        self.watches.add(conn.id, path, token, wpath, home)
+        self.queue_event(conn, wpath, token)
 
     def reply(self, conn: Connection, packet: Packet, payload: bytes) -> None:
         """Queue the success reply of a request (E2BIG if it cannot fit)."""
@@ -321,7 +391,9 @@ class Engine:
         """Queue one WATCH_EVENT, dropping an identical one still queued."""
         payload = f"{path}\0{token}\0".encode(ENCODING)
         if len(payload) > PAYLOAD_MAX:
-            log.warning("%s: watch event for %s too large, dropped", conn.describe(), path)
+            log.warning(
+                "%s: watch event for %s too large, dropped", conn.describe(), path
+            )
             return
         if path[0] != "@":
             if payload in conn.queued_events:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pyxenstored import paths
-from pyxenstored.engine import control, domains, features
+from pyxenstored.engine import control, domains, features, seed
 from pyxenstored.errors import (
     AlreadyExists,
     Busy,
@@ -21,6 +21,7 @@ from pyxenstored.errors import (
     NoSpace,
     PermissionDenied,
     TooBig,
+    TransactionConflict,
 )
 from pyxenstored.perms import (
     DOMID_SELF,
@@ -37,7 +38,13 @@ from pyxenstored.store.quota import QuotaRule
 from pyxenstored.store.transaction import Transaction
 from pyxenstored.wire.ops import PAYLOAD_MAX, Op
 from pyxenstored.wire.packet import Packet
-from pyxenstored.wire.payload import ENCODING, join_args, one_arg, split_args, split_value
+from pyxenstored.wire.payload import (
+    ENCODING,
+    join_args,
+    one_arg,
+    split_args,
+    split_value,
+)
 
 if TYPE_CHECKING:
     from pyxenstored.engine.connections import Connection
@@ -50,7 +57,9 @@ NOTID = 1
 #: Privileged callers only.
 PRIV = 2
 
-Handler = Callable[["Engine", "Connection", Packet, "Transaction | None"], "bytes | None"]
+Handler = Callable[
+    ["Engine", "Connection", Packet, "Transaction | None"], "bytes | None"
+]
 
 OK = b"OK\0"
 
@@ -75,25 +84,33 @@ def _view(engine: Engine, tx: Transaction | None) -> tree.View:
 # -- nodes -----------------------------------------------------------------
 
 
-def do_read(engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None) -> bytes:
+def do_read(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> bytes:
     path = canonical(engine, conn, one_arg(packet.payload))
     return tree.read(_view(engine, tx), conn, path)
 
 
-def do_write(engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None) -> bytes:
+def do_write(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> bytes:
     text, value = split_value(packet.payload)
     path = canonical(engine, conn, text)
     tree.write(_view(engine, tx), conn, path, value, engine.quotas)
     return OK
 
 
-def do_mkdir(engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None) -> bytes:
+def do_mkdir(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> bytes:
     path = canonical(engine, conn, one_arg(packet.payload))
     tree.mkdir(_view(engine, tx), conn, path, engine.quotas)
     return OK
 
 
-def do_rm(engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None) -> bytes:
+def do_rm(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> bytes:
     path = canonical(engine, conn, one_arg(packet.payload))
     tree.rm(_view(engine, tx), conn, path)
     return OK
@@ -152,19 +169,18 @@ def do_set_perms(
         limit = engine.quotas.for_domain(conn.domid).node_permissions
         if engine.quotas.exceeded(len(args) - 1, limit):
             raise NoSpace("too many permissions")
-    perms = parse_perms(args[1:])
+    perms = _mark_stale(engine, parse_perms(args[1:]))
+    if perms[0].stale:
+        # C refuses an owner that does not exist before it even looks at the
+        # path (both 4.17 and 4.22), so this comes before EINVAL for a bad
+        # path and before EACCES.
+        raise NoEntry("the new owner does not exist")
     path = canonical(engine, conn, args[0], allow_special=True)
     if path[0] == "@":
         node = _special(engine, conn, path, Access.WRITE | Access.OWNER)
-        node.perms = _mark_stale(engine, perms)
+        node.perms = perms
         return OK
-    view = _view(engine, tx)
-    perms = _mark_stale(engine, perms)
-    if perms[0].stale:
-        # Reached only after the permission checks in C; keep that order.
-        tree.get_perms(view, conn, path)
-        raise NoEntry("the new owner does not exist")
-    tree.set_perms(view, conn, path, perms, engine.quotas)
+    tree.set_perms(_view(engine, tx), conn, path, perms, engine.quotas)
     return OK
 
 
@@ -178,7 +194,9 @@ def _mark_stale(engine: Engine, perms: Perms) -> Perms:
 def _special(engine: Engine, conn: Connection, path: str, want: Access) -> Node:
     node = engine.store.special.get(path)
     if node is None:
-        raise NoEntry()
+        # Only the two special nodes have permissions; C 4.17 calls any
+        # other '@' name invalid (set_perms_special).
+        raise InvalidArgument(f"no special node {path!r}")
     granted = access_for(node.perms, conn.domid, conn.target, conn.privileged)
     if granted & want != want:
         raise PermissionDenied()
@@ -194,7 +212,9 @@ def _parse_number(text: str) -> int:
 # -- watches ---------------------------------------------------------------
 
 
-def do_watch(engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None) -> None:
+def do_watch(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> None:
     args = split_args(packet.payload)
     depth: int | None = None
     if len(args) == 3 and features.watch_depth(engine, conn):
@@ -219,7 +239,9 @@ def do_watch(engine: Engine, conn: Connection, packet: Packet, tx: Transaction |
     return None
 
 
-def do_unwatch(engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None) -> bytes:
+def do_unwatch(
+    engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
+) -> bytes:
     args = split_args(packet.payload)
     if len(args) != 2:
         raise InvalidArgument("UNWATCH takes a path and a token")
@@ -268,6 +290,8 @@ def do_transaction_end(
         raise NoEntry("no transaction")
     del conn.transactions[tx.id]
     if arg == "T":
+        if tx.doomed:
+            raise TransactionConflict("transaction opened before migration")
         engine.fire(tx.commit())
     return OK
 
@@ -316,4 +340,7 @@ HANDLERS: dict[int, tuple[Handler, int]] = {
     Op.SET_FEATURE: (features.do_set_feature, PRIV),
     Op.GET_QUOTA: (features.do_get_quota, PRIV),
     Op.SET_QUOTA: (features.do_set_quota, PRIV),
+    Op.QUIESCE: (seed.do_quiesce, PRIV),
+    Op.ADD_DOMAIN_WATCHES: (seed.do_add_domain_watches, PRIV),
+    Op.GET_DOMAIN_WATCHES: (seed.do_get_domain_watches, PRIV),
 }

@@ -38,6 +38,8 @@ class Config:
     verbose: int = 0
     #: Emulated hypervisor directory (EMULATION.md); None: sockets only.
     host_dir: str | None = None
+    #: Seconds QUIESCE may take to drain a ring before it answers EBUSY.
+    quiesce_timeout: float = 5.0
     #: Seconds between safety-net scans of every ring (lost kicks).
     ring_scan_interval: float = 1.0
     #: A socket client whose unsent output exceeds this is disconnected.

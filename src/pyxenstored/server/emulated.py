@@ -29,12 +29,13 @@ import mmap
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pyxenstored.engine.connections import Connection
 from pyxenstored.engine.domains import DomainState
 from pyxenstored.errors import NoEntry
-from pyxenstored.server.rings import RingClient
+from pyxenstored.server.rings import Quiesce, RingClient
 from pyxenstored.wire.ring import PAGE_SIZE, ConnectionState, Ring
 
 if TYPE_CHECKING:
@@ -147,10 +148,7 @@ class EmulatedHost:
             return DomainState.DYING
         return DomainState.RUNNING
 
-    def attach(
-        self, conn: Connection, gfn: int, remote_port: int, features: int
-    ) -> None:
-        domid = conn.domid
+    def _map(self, domid: int) -> tuple[Ring, mmap.mmap]:
         try:
             fd = os.open(self._path(f"ring-{domid}"), os.O_RDWR)
         except FileNotFoundError:
@@ -161,7 +159,13 @@ class EmulatedHost:
             mapping = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED)
         finally:
             os.close(fd)
-        ring = Ring(memoryview(mapping))
+        return Ring(memoryview(mapping)), mapping
+
+    def attach(
+        self, conn: Connection, gfn: int, remote_port: int, features: int
+    ) -> None:
+        domid = conn.domid
+        ring, mapping = self._map(domid)
         port = self._alloc_port()
         client = RingClient(
             self.daemon, conn, ring, lambda: self._notify(domid, port), mapping.close
@@ -177,6 +181,25 @@ class EmulatedHost:
         self._write_small(f"port-{domid}", f"{port}\n")
         self._notify(domid, port)
         asyncio.get_running_loop().call_soon(client.process)
+
+    def _client(self, conn: Connection) -> RingClient:
+        client = self.daemon.clients.get(conn.id)
+        assert isinstance(client, RingClient), f"dom{conn.domid} has no ring"
+        return client
+
+    def quiesce(self, conn: Connection, done: Callable[[bool], None]) -> None:
+        self._client(conn).begin_quiesce(done, self.daemon.config.quiesce_timeout)
+
+    def is_quiesced(self, conn: Connection) -> bool:
+        return self._client(conn).quiesce is not Quiesce.ACTIVE
+
+    def resume(self, conn: Connection, remote_port: int) -> None:
+        client = self._client(conn)
+        ring, mapping = self._map(conn.domid)
+        if ring.connection == ConnectionState.RECONNECT:
+            ring.connection = ConnectionState.CONNECTED
+        client.resume(ring, mapping.close)
+        self._notify(conn.domid, self.port_of[conn.domid])
 
     def rebind(self, conn: Connection, remote_port: int) -> None:
         # The daemon-side port stays; only the guest's end would change.

@@ -11,9 +11,11 @@ is set and the connection is ignored until the domain goes away.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from pyxenstored.engine.connections import Connection
@@ -26,9 +28,20 @@ from pyxenstored.wire.ring import ConnectionState, Ring, RingCorrupt, RingError
 if TYPE_CHECKING:
     from pyxenstored.server.daemon import Daemon
 
-__all__ = ["RingClient"]
+__all__ = ["Quiesce", "RingClient"]
 
 log = logging.getLogger(__name__)
+
+
+class Quiesce(Enum):
+    """Where a ring stands with QUIESCE (MIGRATION.md a.3)."""
+
+    #: Served normally.
+    ACTIVE = "active"
+    #: No new request is taken; the partial one and the output drain.
+    DRAINING = "draining"
+    #: Drained and unmapped; events are kept in memory.
+    QUIESCED = "quiesced"
 
 
 class RingClient:
@@ -38,7 +51,7 @@ class RingClient:
         self,
         daemon: Daemon,
         conn: Connection,
-        ring: Ring,
+        ring: Ring | None,
         notify: Callable[[], None],
         close_mapping: Callable[[], None],
     ) -> None:
@@ -56,16 +69,17 @@ class RingClient:
         self.outstanding = 0
         self.ignored = False
         self.closed = False
-        #: Set while the domain is quiesced: no new request is taken.
-        self.quiesced = False
+        self.quiesce = Quiesce.ACTIVE
+        self._quiesce_waiters: list[Callable[[bool], None]] = []
+        self._quiesce_timer: asyncio.TimerHandle | None = None
         self._busy = False
 
     # -- quotas ----------------------------------------------------------------
 
     def _may_read(self) -> bool:
-        if self.ignored or self.closed:
+        if self.ignored or self.closed or self.ring is None:
             return False
-        if self.quiesced and not self.decoder.partial:
+        if self.quiesce is not Quiesce.ACTIVE and not self.decoder.partial:
             return False
         if self.conn.privileged:
             return True
@@ -131,12 +145,17 @@ class RingClient:
 
     def _pump(self) -> None:
         ring = self.ring
+        if ring is None:
+            return
         engine = self.daemon.engine
         kicked = False
         try:
             while True:
                 progress = False
-                if ring.connection == ConnectionState.RECONNECT and not self.quiesced:
+                if (
+                    ring.connection == ConnectionState.RECONNECT
+                    and self.quiesce is Quiesce.ACTIVE
+                ):
                     self._reconnect()
                     kicked = True
                 if self.out:
@@ -163,12 +182,81 @@ class RingClient:
             self._fail(RingError.PROTO, str(error))
         if kicked and not self.closed:
             self._notify()
+        if (
+            self.quiesce is Quiesce.DRAINING
+            and not self.decoder.partial
+            and not self.out
+        ):
+            self._quiesced()
+
+    # -- QUIESCE ----------------------------------------------------------------
+
+    def begin_quiesce(self, done: Callable[[bool], None], timeout: float) -> None:
+        """Stop taking requests; call ``done(True)`` once drained and unmapped.
+
+        ``done(False)`` if that takes longer than ``timeout`` seconds; the
+        ring then stays closed to new requests and keeps draining.
+        """
+        if self.quiesce is Quiesce.QUIESCED or self.ignored:
+            self.quiesce = Quiesce.QUIESCED
+            done(True)
+            return
+        self.quiesce = Quiesce.DRAINING
+        self._quiesce_waiters.append(done)
+        if self._quiesce_timer is None:
+            loop = asyncio.get_running_loop()
+            self._quiesce_timer = loop.call_later(timeout, self._quiesce_timeout)
+        self.process()
+
+    def _quiesce_timeout(self) -> None:
+        self._quiesce_timer = None
+        waiters, self._quiesce_waiters = self._quiesce_waiters, []
+        if waiters:
+            log.warning(
+                "%s: QUIESCE timed out (partial input or output left)", self.name
+            )
+        for done in waiters:
+            done(False)
+        self.daemon.flush()
+
+    def _quiesced(self) -> None:
+        """Drained: drop the mapping (Xen marks the page dirty on unmap)."""
+        self.quiesce = Quiesce.QUIESCED
+        if self.ring is not None:
+            self.ring.release()
+            self.ring = None
+            self._close_mapping()
+        log.info("%s: quiesced", self.name)
+        if self._quiesce_timer is not None:
+            self._quiesce_timer.cancel()
+            self._quiesce_timer = None
+        waiters, self._quiesce_waiters = self._quiesce_waiters, []
+        for done in waiters:
+            done(True)
+
+    def resume(self, ring: Ring, close_mapping: Callable[[], None]) -> None:
+        """INTRODUCE of the quiesced domain: serve the ring again."""
+        if self.ring is not None:
+            self.ring.release()
+            self._close_mapping()
+        self.ring = ring
+        self._close_mapping = close_mapping
+        self.quiesce = Quiesce.ACTIVE
+        if self._quiesce_timer is not None:
+            self._quiesce_timer.cancel()
+            self._quiesce_timer = None
+        waiters, self._quiesce_waiters = self._quiesce_waiters, []
+        for done in waiters:
+            done(False)
+        log.info("%s: resumed", self.name)
+        self.process()
 
     # -- failure and reset --------------------------------------------------
 
     def _fail(self, code: RingError, reason: str) -> None:
         log.warning("%s: %s; ring marked broken (error %d)", self.name, reason, code)
-        self.ring.error = code
+        if self.ring is not None:
+            self.ring.error = code
         self.ignored = True
         self.daemon.engine.reset_connection(self.conn)
         self.reset()
@@ -186,6 +274,7 @@ class RingClient:
         self.daemon.engine.reset_connection(self.conn)
         self.reset()
         ring = self.ring
+        assert ring is not None
         ring.reset_indexes()
         ring.connection = ConnectionState.CONNECTED
 
@@ -195,5 +284,10 @@ class RingClient:
             return
         self.closed = True
         self.reset()
-        self.ring.release()
-        self._close_mapping()
+        if self._quiesce_timer is not None:
+            self._quiesce_timer.cancel()
+            self._quiesce_timer = None
+        if self.ring is not None:
+            self.ring.release()
+            self.ring = None
+            self._close_mapping()

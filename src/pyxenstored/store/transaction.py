@@ -15,7 +15,7 @@ Theory of operation:
    only nodes this transaction read or wrote are compared.
 4. Otherwise the private copies of modified nodes replace the committed
    ones, each with a fresh generation, and the kept changes fire once per
-   path.
+   path, in the order the transaction first accessed the paths (as C).
 5. Quotas: an unprivileged owner's node count is checked again at commit
    (ENOSPC), and touching more than ``transaction-nodes`` distinct nodes
    fails the transaction (ENOSPC now, ENOMEM at commit).
@@ -57,6 +57,8 @@ class Transaction:
         self.changes: dict[str, Change] = {}
         #: Set when a limit was hit; the commit then fails with ENOMEM.
         self.failed = False
+        #: Re-created after a migration: can only end in EAGAIN (c.11).
+        self.doomed = False
 
     # -- View -------------------------------------------------------------
 
@@ -145,4 +147,10 @@ class Transaction:
                 self.store.remove(path)
             else:
                 self.store.replace(path, node)
-        return list(self.changes.values())
+        # C fires at commit in the order the transaction first accessed the
+        # nodes (its list of accessed nodes), not in modification order.
+        changes = self.changes
+        fired = [changes[path] for path in self.accessed if path in changes]
+        if len(fired) != len(changes):
+            fired += [c for path, c in changes.items() if path not in self.accessed]
+        return fired

@@ -287,25 +287,30 @@ def rm(view: View, caller: Caller, path: str) -> None:
     parent_path = parent_of(path)
     parent = view.get(parent_path)
     assert parent is not None, f"{path} has no parent"
-    # C fires the root first (subtree mode, node still visible), then every
-    # node exactly, children before their parent, the root last.
-    view.record(Change(path, False, (node.perms,)))
+    # Walk the subtree depth first, as C's walk_node_tree does: a node is
+    # read when the walk enters it (so a transaction accesses the nodes, and
+    # fires them at commit, in that order) and removed when the walk leaves
+    # it.  The events follow the removals: children before their parent,
+    # descendants in exact mode, the root last in subtree mode (C 4.17
+    # delnode_sub).
     removed: list[tuple[str, Node]] = []
-    stack: list[tuple[str, Node, bool]] = [(path, node, False)]
+    stack: list[tuple[str, Node | None, bool]] = [(path, node, False)]
     while stack:
-        current, cnode, expanded = stack.pop()
-        if expanded or not cnode.children:
+        current, cnode, leaving = stack.pop()
+        if cnode is None:
+            cnode = view.get(current)
+            if cnode is None:
+                continue
+        if leaving:
             removed.append((current, cnode))
             continue
         stack.append((current, cnode, True))
         prefix = current if current != "/" else ""
-        for name in reversed(cnode.children):
-            cpath = f"{prefix}/{name}"
-            child = view.get(cpath)
-            if child is not None:
-                stack.append((cpath, child, False))
+        stack.extend(
+            (f"{prefix}/{name}", None, False) for name in reversed(cnode.children)
+        )
     for cpath, cnode in removed:
-        view.record(Change(cpath, True, (cnode.perms,)))
+        view.record(Change(cpath, cpath != path, (cnode.perms,)))
         view.deleted(cpath, cnode)
     del parent.children[path[path.rfind("/") + 1 :]]
     view.touched(parent_path, parent)

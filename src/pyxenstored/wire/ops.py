@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import IntEnum, IntFlag
 
+from pyxenstored.paths import ABS_PATH_MAX, REL_PATH_MAX
+
 __all__ = [
     "ABS_PATH_MAX",
     "HEADER_SIZE",
@@ -18,10 +20,6 @@ __all__ = [
 PAYLOAD_MAX = 4096
 #: Size of ``struct xsd_sockmsg``.
 HEADER_SIZE = 16
-#: Absolute paths longer than this are refused for every caller.
-ABS_PATH_MAX = 3072
-#: What clients should keep relative paths within.
-REL_PATH_MAX = 2048
 
 
 class Op(IntEnum):
