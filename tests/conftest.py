@@ -104,14 +104,33 @@ def daemon(short_tmp: Path) -> Iterator[RunningDaemon]:
         assert code == 0, f"daemon exited with {code}; log:\n{running.log.read_text()}"
 
 
+@pytest.fixture
+def host_daemon(short_tmp: Path) -> Iterator[RunningDaemon]:
+    """A fresh pyxenstored serving guests through the emulated hypervisor.
+
+    The host directory (EMULATION.md) is the daemon's own directory.
+    """
+    running = RunningDaemon(short_tmp, ["--host-dir", str(short_tmp)])
+    try:
+        yield running
+    finally:
+        code = running.stop()
+        assert code == 0, f"daemon exited with {code}; log:\n{running.log.read_text()}"
+
+
 class CDaemon:
-    """Debian's C xenstored under the peers' shim (the oracle)."""
+    """Debian's C xenstored under the peers' shim (the oracle).
+
+    Its directory is also its host directory for emulated guests.
+    """
+
+    script = "start-c-xenstored.sh"
 
     def __init__(self, directory: Path, extra: list[str]) -> None:
         self.directory = directory
         self.socket = directory / "socket"
         out = subprocess.run(
-            ["sh", str(PEERS / "start-c-xenstored.sh"), str(self.socket), *extra],
+            ["sh", str(PEERS / self.script), str(self.socket), *extra],
             capture_output=True,
             text=True,
             check=True,
@@ -140,6 +159,22 @@ class CDaemon:
 def c_xenstored(short_tmp: Path) -> Iterator[CDaemon]:
     """The real C xenstored, for differential tests."""
     running = CDaemon(short_tmp / "c", [])
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+class OxDaemon(CDaemon):
+    """Debian's oxenstored under the peers' shim."""
+
+    script = "start-oxenstored.sh"
+
+
+@pytest.fixture
+def oxenstored(short_tmp: Path) -> Iterator[OxDaemon]:
+    """The real OCaml oxenstored, for differential tests."""
+    running = OxDaemon(short_tmp / "ox", [])
     try:
         yield running
     finally:
