@@ -3,6 +3,7 @@
 ``stream``: the libxl migration stream v2 container (MIGRATION.md a.1).
 ``records``: the DOMAIN_XENSTORE_DATA record and its node and watch
 sub-records (MIGRATION.md a.2, c.2, c.6).
+``snapshot``: a domain's nodes and watches to records and back.
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ from pyxenstored.migration.records import (
     WatchData,
     decode_xenstore_data,
     encode_xenstore_data,
+)
+from pyxenstored.migration.snapshot import (
+    DomainData,
+    absolute,
+    extract,
+    insert_before_end,
+    relative,
+    watch_batches,
 )
 from pyxenstored.migration.stream import (
     LibxcImage,
@@ -26,6 +35,7 @@ from pyxenstored.migration.stream import (
 )
 
 __all__ = [
+    "DomainData",
     "LibxcImage",
     "NodeData",
     "Record",
@@ -34,9 +44,14 @@ __all__ = [
     "StreamError",
     "SubType",
     "WatchData",
+    "absolute",
     "decode_stream",
     "decode_xenstore_data",
     "describe",
     "encode_stream",
     "encode_xenstore_data",
+    "extract",
+    "insert_before_end",
+    "relative",
+    "watch_batches",
 ]
