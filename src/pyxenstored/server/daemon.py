@@ -78,6 +78,7 @@ class _SocketClient(asyncio.Protocol):
                 packet = decoder.next_packet()
             except RemoteProtocolError as error:
                 log.warning("%s: %s; closing the connection", self.name, error)
+                decoder.clear()
                 self.close()
                 break
             if packet is NEED_DATA:
@@ -97,6 +98,7 @@ class _SocketClient(asyncio.Protocol):
         transport.write(b"".join(messages))
         if transport.get_write_buffer_size() > self.daemon.config.socket_output_limit:
             log.warning("%s: client does not read its replies; closing", self.name)
+            self.decoder.clear()
             self.close()
 
     def pause_writing(self) -> None:
@@ -114,7 +116,14 @@ class _SocketClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:
-            log.debug("%s: disconnected", self.name)
+            if self.decoder.partial:
+                log.warning(
+                    "%s: closed with %d bytes of an incomplete message; discarded",
+                    self.name,
+                    self.decoder.buffered,
+                )
+            else:
+                log.debug("%s: disconnected", self.name)
             self.daemon.clients.pop(self.conn.id, None)
             self.daemon.engine.disconnect(self.conn)
             self.daemon.flush()
