@@ -7,14 +7,24 @@ outstanding replies or queued output are over quota (back-pressure:
 the guest simply waits), and writes output as ring space allows.  A ring
 the guest corrupted marks only that connection broken: the ``error`` field
 is set and the connection is ignored until the domain goes away.
+
+A guest that stops reading must not cost the daemon unbounded memory, nor
+unbounded log: replies are bounded by the outstanding quota (reading
+stops), watch events by the memory quota (the surplus is dropped) and by
+the watch-event timeout (events nobody collected are discarded, as C
+does, PROTOCOL.md 6.4).  Each such episode is logged once when it starts
+and once, with a count, when the guest has caught up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -44,6 +54,39 @@ class Quiesce(Enum):
     QUIESCED = "quiesced"
 
 
+@dataclass(slots=True)
+class _Message:
+    """One framed message waiting for ring space."""
+
+    data: bytes
+    #: Replies count as outstanding requests; events do not.
+    is_reply: bool
+    #: ``time.monotonic()`` after which an unsent event is discarded.
+    expires: float = math.inf
+
+
+class _Episode:
+    """Messages lost while a guest does not read: logged at start and end."""
+
+    __slots__ = ("count", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.count = 0
+
+    def lost(self, name: str, n: int, why: str) -> None:
+        if not self.count:
+            log.warning("%s: %s; watch events %s until it reads", name, why, self.what)
+        self.count += n
+
+    def end(self, name: str) -> None:
+        if self.count:
+            log.warning(
+                "%s: caught up; %d watch events %s", name, self.count, self.what
+            )
+            self.count = 0
+
+
 class RingClient:
     """The daemon's side of one domain's ring."""
 
@@ -62,11 +105,16 @@ class RingClient:
         self._notify = notify
         self._close_mapping = close_mapping
         self.decoder = PacketDecoder()
-        self.out = bytearray()
-        #: Bytes left of each message in :attr:`out`, and whether it is a
-        #: reply (replies count as outstanding requests).
-        self._queued: deque[tuple[int, bool]] = deque()
+        #: Output not yet in the ring; the first may be partly written.
+        self._queue: deque[_Message] = deque()
+        #: Bytes of ``_queue[0]`` already in the ring.
+        self._offset = 0
+        #: Bytes in ``_queue`` not yet written.
+        self.queued = 0
+        #: Replies queued and not completely written (RING.md 3.1).
         self.outstanding = 0
+        self._dropped = _Episode("dropped")
+        self._expired = _Episode("discarded")
         self.ignored = False
         self.closed = False
         self.quiesce = Quiesce.ACTIVE
@@ -87,7 +135,13 @@ class RingClient:
         limits = engine.quotas.for_domain(self.conn.domid)
         if limits.outstanding and self.outstanding >= limits.outstanding:
             return False
-        return not (limits.memory and len(self.out) >= limits.memory)
+        return not (limits.memory and self.queued >= limits.memory)
+
+    def _event_timeout(self) -> float:
+        """Seconds an event may wait for this guest (0: for ever)."""
+        if self.conn.privileged:
+            return 0.0
+        return self.daemon.config.watch_event_timeout
 
     # -- output -------------------------------------------------------------
 
@@ -102,29 +156,74 @@ class RingClient:
         engine = self.daemon.engine
         limit = engine.quotas.for_domain(self.conn.domid).memory
         tracer = self.daemon.tracer
+        timeout = self._event_timeout()
+        expires = time.monotonic() + timeout if timeout else math.inf
         for message in messages:
             is_reply = HEADER.unpack_from(message)[0] != Op.WATCH_EVENT
-            if not is_reply and limit and len(self.out) + len(message) > limit:
-                log.warning("%s: output over quota, watch event dropped", self.name)
+            if not is_reply and limit and self.queued + len(message) > limit:
+                # Replies are bounded by the outstanding quota; events only
+                # by this: the guest is not reading, it loses the surplus.
+                self._dropped.lost(self.name, 1, "output over the memory quota")
                 continue
             if tracer is not None:
                 tracer.output(self.name, message)
-            self.out += message
-            self._queued.append((len(message), is_reply))
+            self._queue.append(
+                _Message(message, is_reply, math.inf if is_reply else expires)
+            )
+            self.queued += len(message)
             self.outstanding += is_reply
 
-    def _wrote(self, n: int) -> None:
-        del self.out[:n]
-        queued = self._queued
-        while n and queued:
-            left, is_reply = queued[0]
-            if n >= left:
-                n -= left
-                queued.popleft()
-                self.outstanding -= is_reply
+    def _write(self, ring: Ring) -> bool:
+        """Write queued output while the ring has space; True if any."""
+        queue = self._queue
+        wrote = False
+        while queue:
+            message = queue[0]
+            n = ring.write_replies(message.data[self._offset :])
+            if not n:
+                break
+            wrote = True
+            self._offset += n
+            self.queued -= n
+            if self._offset < len(message.data):
+                break  # the ring is full
+            queue.popleft()
+            self._offset = 0
+            self.outstanding -= message.is_reply
+        if not queue:
+            self._dropped.end(self.name)
+            self._expired.end(self.name)
+        return wrote
+
+    def _discard_expired(self) -> None:
+        """Drop events that waited longer than the watch-event timeout.
+
+        Only events none of whose bytes reached the ring (C's rule): a
+        message cut in the middle would wreck the stream.  Expiry times
+        grow along the queue, so the expired events are all in front of
+        the first live one and the scan stops there.
+        """
+        queue = self._queue
+        kept = [queue.popleft()] if self._offset else []
+        now = time.monotonic()
+        discarded = 0
+        while queue:
+            message = queue[0]
+            if message.is_reply:
+                kept.append(queue.popleft())
+            elif message.expires <= now:
+                queue.popleft()
+                discarded += 1
+                self.queued -= len(message.data)
             else:
-                queued[0] = (left - n, is_reply)
-                n = 0
+                break
+        queue.extendleft(reversed(kept))
+        if discarded:
+            timeout = self._event_timeout()
+            self._expired.lost(self.name, discarded, f"events unread for {timeout:g} s")
+            if self.daemon.tracer is not None:
+                # They were traced when queued; say they never went out.
+                self.daemon.tracer.note(self.name, f"{discarded} events discarded")
 
     # -- the pump -----------------------------------------------------------
 
@@ -158,10 +257,10 @@ class RingClient:
                 ):
                     self._reconnect()
                     kicked = True
-                if self.out:
-                    n = ring.write_replies(bytes(self.out[:4096]))
-                    if n:
-                        self._wrote(n)
+                if self._queue:
+                    if self._event_timeout():
+                        self._discard_expired()
+                    if self._write(ring):
                         progress = kicked = True
                 if self._may_read():
                     data = ring.read_requests(self.decoder.wanted())
@@ -185,7 +284,7 @@ class RingClient:
         if (
             self.quiesce is Quiesce.DRAINING
             and not self.decoder.partial
-            and not self.out
+            and not self._queue
         ):
             self._quiesced()
 
@@ -264,8 +363,9 @@ class RingClient:
     def reset(self) -> None:
         """Forget partial input and every queued message."""
         self.decoder.clear()
-        self.out.clear()
-        self._queued.clear()
+        self._queue.clear()
+        self._offset = 0
+        self.queued = 0
         self.outstanding = 0
 
     def _reconnect(self) -> None:

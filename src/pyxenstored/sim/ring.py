@@ -18,9 +18,11 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 
 from pyxenstored.errors import BrokenConnection, ConnectionClosed
+from pyxenstored.wire.ops import ServerFeature
 from pyxenstored.wire.ring import PAGE_SIZE, ConnectionState, Ring
 
 __all__ = ["AsyncGuestRing", "GuestRing", "HostDir"]
@@ -98,6 +100,9 @@ class GuestRing:
         self.domid = domid
         self.timeout = timeout
         self._host = HostDir(directory)
+        #: Held while the guest touches the page; held by the hypervisor
+        #: while the guest is paused (:meth:`pause`).
+        self._vcpu = threading.Lock()
         self._mapping: mmap.mmap | None = None
         self._ring: Ring | None = None
         self._notify: socket.socket | None = None
@@ -147,16 +152,39 @@ class GuestRing:
             self._host.kick(port)
 
     def drain_kicks(self) -> None:
-        assert self._notify is not None
+        if self._notify is None:
+            return
         with contextlib.suppress(BlockingIOError):
             while True:
                 self._notify.recv(64)
 
     def wait(self, timeout: float | None) -> None:
-        """Sleep until the daemon kicks (or ``timeout``); then re-check."""
-        assert self._notify is not None
-        select.select([self._notify], [], [], timeout)
-        self.drain_kicks()
+        """Sleep until the daemon kicks (or ``timeout``); then re-check.
+
+        The hypervisor may move the guest meanwhile (closing this socket):
+        the wake-up is then spurious, which is harmless.
+        """
+        with self._vcpu:
+            notify = self._notify
+        if notify is None:
+            return
+        try:
+            select.select([notify], [], [], timeout)
+            with self._vcpu:
+                self.drain_kicks()
+        except (OSError, ValueError):
+            pass
+
+    def pause(self) -> None:
+        """The hypervisor pauses the guest: it stops touching the ring.
+
+        Returns once the guest is out of any ring access; :meth:`move` may
+        then be called safely.  The guest's code is not told.
+        """
+        self._vcpu.acquire()
+
+    def unpause(self) -> None:
+        self._vcpu.release()
 
     def _check(self) -> None:
         ring = self.ring
@@ -177,11 +205,13 @@ class GuestRing:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         view = memoryview(data)
         while view:
-            self._check()
-            n = self.ring.write_requests(bytes(view[:1024]))
+            with self._vcpu:
+                self._check()
+                n = self.ring.write_requests(bytes(view[:1024]))
+                if n:
+                    self.kick()
             if n:
                 view = view[n:]
-                self.kick()
                 continue
             if deadline is not None and time.monotonic() > deadline:
                 raise BrokenConnection("the daemon does not consume requests")
@@ -198,10 +228,12 @@ class GuestRing:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            self._check()
-            data = self.ring.read_replies(max_bytes)
+            with self._vcpu:
+                self._check()
+                data = self.ring.read_replies(max_bytes)
+                if data:
+                    self.kick()
             if data:
-                self.kick()
                 return data
             wait = _POLL
             if deadline is not None:
@@ -212,10 +244,22 @@ class GuestRing:
             self.wait(wait)
 
     def request_reconnect(self) -> None:
-        """Ask the daemon for a ring reset (RING.md 6) and wait for it."""
-        self.ring.connection = ConnectionState.RECONNECT
+        """Ask the daemon for a ring reset (RING.md 6) and wait for it.
+
+        Raises:
+            BrokenConnection: the daemon does not advertise reconnection
+                (a guest may only ask when it does), or did not complete it
+                within ``self.timeout`` seconds (it gave up on this ring).
+        """
+        ring = self.ring
+        if not ring.server_features & ServerFeature.RECONNECTION:
+            raise BrokenConnection("the daemon does not offer reconnection")
+        ring.connection = ConnectionState.RECONNECT
         self.kick()
-        while self.ring.connection == ConnectionState.RECONNECT:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while ring.connection == ConnectionState.RECONNECT:
+            if deadline is not None and time.monotonic() > deadline:
+                raise BrokenConnection("the daemon did not complete the reconnection")
             self.wait(_POLL)
 
     def move(self, directory: str) -> None:
@@ -235,6 +279,10 @@ class GuestRing:
             self._mapping.close()
             self._mapping = None
         if self._notify is not None:
+            # Wake a guest thread sleeping on this socket: closing it from
+            # another thread would not.
+            with contextlib.suppress(OSError):
+                self._notify.sendto(KICK.pack(0), self._notify.getsockname())
             self._notify.close()
             self._notify = None
 

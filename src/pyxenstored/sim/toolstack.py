@@ -11,14 +11,15 @@ domain a ring page in the host directory and sends a genuine INTRODUCE.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 
 from pyxenstored.client.sync import Client
-from pyxenstored.errors import XsError
+from pyxenstored.errors import NoEntry, XsError
 from pyxenstored.sim.ring import HostDir
 
-__all__ = ["Toolstack", "domain_skeleton"]
+__all__ = ["Toolstack", "backend_entries", "domain_skeleton"]
 
 Entry = tuple[str, bytes, tuple[str, ...]]
 
@@ -90,6 +91,18 @@ def domain_skeleton(
     return entries
 
 
+def backend_entries(domid: int, backend: int = 0) -> list[Entry]:
+    """The part of the skeleton that lives in the backend domain's area.
+
+    A migration's destination toolstack builds these itself before the
+    guest's own nodes arrive (MIGRATION.md c.3).
+    """
+    prefix = f"/local/domain/{backend}/backend/"
+    return [
+        e for e in domain_skeleton(domid, backend=backend) if e[0].startswith(prefix)
+    ]
+
+
 class Toolstack:
     """dom0's toolstack for one host: a privileged client and the host dir."""
 
@@ -135,5 +148,7 @@ class Toolstack:
             except XsError:
                 break
             time.sleep(0.01)
-        for path in (f"/vm/{uuid.UUID(int=domid)}", f"/libxl/{domid}"):
-            self.client.rm(path)
+        home = f"/local/domain/{domid}"
+        for path in (home, f"/vm/{uuid.UUID(int=domid)}", f"/libxl/{domid}"):
+            with contextlib.suppress(NoEntry):
+                self.client.rm(path)
