@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="serve guest domains through the emulated hypervisor in DIR",
     )
+    p.add_argument(
+        "--quiesce-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long QUIESCE may drain a ring before answering EBUSY (5)",
+    )
     p.add_argument("-F", "--pid-file", metavar="FILE", help="write the pid here")
     p.add_argument("--log-file", metavar="FILE", help="log here instead of stderr")
     p.add_argument(
@@ -173,6 +180,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         verbose=args.verbose,
         watch_event_timeout=timeout,
         host_dir=args.host_dir,
+        quiesce_timeout=args.quiesce_timeout,
     )
 
 
