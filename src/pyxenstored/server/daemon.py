@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 import stat
-from typing import Protocol
+from typing import Protocol, cast
 
 from pyxenstored.engine.connections import Connection
 from pyxenstored.engine.engine import Engine
@@ -57,9 +57,9 @@ class _SocketClient(asyncio.Protocol):
         self.name = "socket"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=_PAUSE_AT)
+        # uvloop's transports do not subclass asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=_PAUSE_AT)
         self.conn = self.daemon.engine.connect_socket()
         self.name = f"conn{self.conn.id}"
         self.daemon.clients[self.conn.id] = self
