@@ -33,8 +33,8 @@ class PacketDecoder:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def receive_data(self, data: bytes) -> None:
-        """Append bytes read from the transport."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes read from the transport (copied: the caller may reuse ``data``)."""
         self._buf += data
 
     @property
