@@ -33,7 +33,12 @@ from pyxenstored.errors import RemoteProtocolError
 from pyxenstored.wire.decoder import NEED_DATA, PacketDecoder
 from pyxenstored.wire.ops import Op
 from pyxenstored.wire.packet import HEADER
-from pyxenstored.wire.ring import ConnectionState, Ring, RingCorrupt, RingError
+from pyxenstored.wire.ring import (
+    ConnectionState,
+    Ring,
+    RingCorrupt,
+    RingError,
+)
 
 if TYPE_CHECKING:
     from pyxenstored.server.daemon import Daemon
@@ -124,18 +129,32 @@ class RingClient:
 
     # -- quotas ----------------------------------------------------------------
 
-    def _may_read(self) -> bool:
-        if self.ignored or self.closed or self.ring is None:
-            return False
-        if self.quiesce is not Quiesce.ACTIVE and not self.decoder.partial:
+    def _may_dispatch(self) -> bool:
+        """Whether the next complete request may be handled now."""
+        if self.ignored or self.closed:
             return False
         if self.conn.privileged:
             return True
-        engine = self.daemon.engine
-        limits = engine.quotas.for_domain(self.conn.domid)
+        limits = self.daemon.engine.quotas.for_domain(self.conn.domid)
         if limits.outstanding and self.outstanding >= limits.outstanding:
             return False
         return not (limits.memory and self.queued >= limits.memory)
+
+    def _read_limit(self) -> int:
+        """How many request bytes to take off the ring now (0: none).
+
+        Only what completes the message being received, as C does: a
+        request left in the ring is the guest's to keep (QUIESCE stops at
+        a message boundary, MIGRATION.md a.3), and the outstanding quota
+        pauses reading exactly at a request.
+        """
+        if self.ring is None or self.decoder.complete():
+            return 0
+        if self.quiesce is not Quiesce.ACTIVE and not self.decoder.partial:
+            return 0
+        if self.quiesce is Quiesce.ACTIVE and not self._may_dispatch():
+            return 0
+        return self.decoder.wanted()
 
     def _event_timeout(self) -> float:
         """Seconds an event may wait for this guest (0: for ever)."""
@@ -262,17 +281,20 @@ class RingClient:
                         self._discard_expired()
                     if self._write(ring):
                         progress = kicked = True
-                if self._may_read():
-                    data = ring.read_requests(self.decoder.wanted())
+                if self.decoder.complete() and self._may_dispatch():
+                    packet = self.decoder.next_packet()
+                    assert packet is not NEED_DATA
+                    progress = True
+                    if self.daemon.tracer is not None:
+                        self.daemon.tracer.request(self.name, packet)
+                    engine.handle(self.conn, packet)
+                    self.daemon.flush()
+                limit = self._read_limit()
+                if limit:
+                    data = ring.read_requests(limit)
                     if data:
                         progress = kicked = True
                         self.decoder.receive_data(data)
-                        packet = self.decoder.next_packet()
-                        if packet is not NEED_DATA:
-                            if self.daemon.tracer is not None:
-                                self.daemon.tracer.request(self.name, packet)
-                            engine.handle(self.conn, packet)
-                            self.daemon.flush()
                 if not progress:
                     break
         except RingCorrupt as error:

@@ -47,6 +47,14 @@ class PacketDecoder:
         """True while part of a message has been received."""
         return bool(self._buf)
 
+    def complete(self) -> bool:
+        """True if a whole message (or a bad header) is buffered."""
+        buf = self._buf
+        if len(buf) < HEADER_SIZE:
+            return False
+        length: int = HEADER.unpack_from(buf)[3]
+        return length > PAYLOAD_MAX or len(buf) >= HEADER_SIZE + length
+
     def wanted(self) -> int:
         """How many more bytes complete the message now being received.
 
