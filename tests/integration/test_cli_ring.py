@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,10 +16,10 @@ DOMID = 9
 
 
 @pytest.fixture
-def guest_host(host_daemon: RunningDaemon) -> Iterator[RunningDaemon]:
+def guest_host(host_daemon: RunningDaemon) -> RunningDaemon:
     with Client(str(host_daemon.socket)) as dom0:
         Toolstack(dom0, HostDir(str(host_daemon.directory))).create_domain(DOMID)
-    yield host_daemon
+    return host_daemon
 
 
 def guest(
