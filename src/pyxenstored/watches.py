@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from pyxenstored.errors import AlreadyExists, NoEntry
 
-__all__ = ["Watch", "WatchTable"]
+__all__ = ["Watch", "WatchTable", "watch_bytes"]
 
 
 class Watch:
@@ -57,6 +57,11 @@ class Watch:
         return f"Watch({self.conn_id}, {self.wpath!r}, {self.token!r})"
 
 
+def watch_bytes(wpath: str, token: str) -> int:
+    """What one watch costs its domain's ``memory`` account."""
+    return 32 + len(wpath) + len(token)
+
+
 def _levels(path: str) -> int:
     return 0 if path == "/" else path.count("/")
 
@@ -71,6 +76,8 @@ class WatchTable:
         self._seq = 0
         #: Per connection: the counter value at the last change of its list.
         self._generation: dict[int, int] = {}
+        #: Per connection: memory its watches take (:func:`watch_bytes`).
+        self._bytes: dict[int, int] = {}
 
     def bump(self) -> int:
         """A fresh value of the counter (never reused in this process)."""
@@ -91,6 +98,10 @@ class WatchTable:
     def by_path(self) -> dict[str, list[Watch]]:
         """Read-only use: the watches on each path."""
         return self._by_path
+
+    def bytes(self, conn_id: int) -> int:
+        """Memory the connection's watches take, for its memory quota."""
+        return self._bytes.get(conn_id, 0)
 
     def count(self, conn_id: int) -> int:
         return len(self._by_conn.get(conn_id, ()))
@@ -124,6 +135,7 @@ class WatchTable:
         self._generation[conn_id] = seq
         watch = Watch(conn_id, path, token, wpath, home, seq, depth)
         mine[(path, token)] = watch
+        self._bytes[conn_id] = self._bytes.get(conn_id, 0) + watch_bytes(wpath, token)
         self._by_path.setdefault(path, []).append(watch)
         return watch
 
@@ -138,12 +150,14 @@ class WatchTable:
         if watch is None:
             raise NoEntry()
         self._generation[conn_id] = self.bump()
+        self._bytes[conn_id] -= watch_bytes(watch.wpath, watch.token)
         self._unindex(watch)
         return watch
 
     def remove_all(self, conn_id: int) -> list[Watch]:
         """Unregister every watch of a connection."""
         mine = self._by_conn.pop(conn_id, {})
+        self._bytes.pop(conn_id, None)
         if mine:
             self._generation[conn_id] = self.bump()
         for watch in mine.values():

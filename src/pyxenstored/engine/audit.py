@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pyxenstored.paths import parent_of
+from pyxenstored.store.node import node_bytes
+from pyxenstored.watches import watch_bytes
 
 if TYPE_CHECKING:
     from pyxenstored.engine.engine import Engine
@@ -24,9 +26,14 @@ def audit(engine: Engine) -> list[str]:
     if "/" not in nodes:
         return ["the root node is missing"]
     counts: dict[int, int] = {}
+    charged: dict[int, int] = {}
     for path, node in nodes.items():
         owner = node.perms[0].domid
         counts[owner] = counts.get(owner, 0) + 1
+        cost = node_bytes(path, node)
+        charged[owner] = charged.get(owner, 0) + cost
+        if node.acct != cost:
+            problems.append(f"{path} is charged {node.acct} bytes, costs {cost}")
         prefix = path if path != "/" else ""
         for name in node.children:
             if f"{prefix}/{name}" not in nodes:
@@ -41,6 +48,17 @@ def audit(engine: Engine) -> list[str]:
         problems.append(
             f"owner counts {engine.store.owner_counts} differ from recount {counts}"
         )
+    if charged != engine.store.owner_bytes:
+        problems.append(
+            f"memory accounts {engine.store.owner_bytes} differ from recount {charged}"
+        )
+    for conn_id, mine in engine.watches.by_conn().items():
+        cost = sum(watch_bytes(w.wpath, w.token) for w in mine.values())
+        if cost != engine.watches.bytes(conn_id):
+            problems.append(
+                f"watches of connection {conn_id} charged "
+                f"{engine.watches.bytes(conn_id)} bytes, cost {cost}"
+            )
     for conn_id in list(engine.watches.by_conn()):
         if conn_id not in engine.connections:
             problems.append(f"watches left for closed connection {conn_id}")

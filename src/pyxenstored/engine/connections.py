@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pyxenstored.paths import domain_home
 from pyxenstored.store.transaction import Transaction
+from pyxenstored.watches import WatchTable
 from pyxenstored.wire.ops import HEADER_SIZE
 from pyxenstored.wire.packet import HEADER
 
@@ -30,12 +31,20 @@ class Connection:
         "restored",
         "target",
         "transactions",
+        "watches",
     )
 
     def __init__(
-        self, conn_id: int, domid: int, *, is_socket: bool, privileged: bool
+        self,
+        conn_id: int,
+        domid: int,
+        *,
+        is_socket: bool,
+        privileged: bool,
+        watches: WatchTable | None = None,
     ) -> None:
         self.id = conn_id
+        self.watches = watches
         self.domid = domid
         self.is_socket = is_socket
         self.privileged = privileged
@@ -51,6 +60,11 @@ class Connection:
         self.closed = False
         #: Restored by a migration: unknown transaction ids are doomed.
         self.restored = False
+
+    @property
+    def watch_bytes(self) -> int:
+        """Memory this connection's watches take (its memory quota)."""
+        return 0 if self.watches is None else self.watches.bytes(self.id)
 
     def queue(self, message: bytes) -> None:
         self.out.append(message)

@@ -63,6 +63,7 @@ class _Privileged:
     domid: int = 0
     target: int | None = None
     privileged: bool = True
+    watch_bytes: int = 0
 
 
 _PRIVILEGED = _Privileged()
@@ -122,6 +123,7 @@ class Engine:
             domid,
             is_socket=is_socket,
             privileged=is_socket or domid == self.priv_domid,
+            watches=self.watches,
         )
         self._next_conn_id += 1
         self.connections[conn.id] = conn
@@ -243,6 +245,8 @@ class Engine:
             "nodes": self.store.owned(domid),
             "watches": sum(self.watches.count(c.id) for c in conns),
             "transactions": sum(len(c.transactions) for c in conns),
+            "memory": self.store.owned_bytes(domid)
+            + sum(self.watches.bytes(c.id) for c in conns),
         }
 
     def report(self) -> dict[str, int]:

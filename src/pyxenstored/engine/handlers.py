@@ -19,6 +19,7 @@ from pyxenstored.errors import (
     InvalidArgument,
     NoEntry,
     NoSpace,
+    OutOfMemory,
     PermissionDenied,
     TooBig,
     TransactionConflict,
@@ -36,6 +37,7 @@ from pyxenstored.store import tree
 from pyxenstored.store.node import Node
 from pyxenstored.store.quota import QuotaRule
 from pyxenstored.store.transaction import Transaction
+from pyxenstored.watches import watch_bytes
 from pyxenstored.wire.ops import PAYLOAD_MAX, Op
 from pyxenstored.wire.packet import Packet
 from pyxenstored.wire.payload import (
@@ -227,11 +229,14 @@ def do_watch(
         raise AlreadyExists()
     if not conn.privileged:
         quotas = engine.quotas
-        limit = quotas.for_domain(conn.domid).watches
-        if quotas.exceeded(engine.watches.count(conn.id) + 1, limit):
+        limits = quotas.for_domain(conn.domid)
+        if quotas.exceeded(engine.watches.count(conn.id) + 1, limits.watches):
             if quotas.rule is QuotaRule.AT_MOST_N:
                 raise TooBig("watch quota reached")
             raise NoSpace("watch quota reached")
+        used = engine.store.owned_bytes(conn.domid) + conn.watch_bytes
+        if quotas.exceeded(used + watch_bytes(wpath, token), limits.memory):
+            raise OutOfMemory("memory quota reached")
     home = conn.home if wpath[0] not in "/@" else None
     engine.watches.add(conn.id, path, token, wpath, home, depth)
     engine.reply(conn, packet, OK)

@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 _SUBTYPE = {False: struct.Struct("<I"), True: struct.Struct(">I")}
-_PERM = re.compile(r"[nrwb][0-9]+")
+#: Plain decimal (c.2), without the leading zeros that C would read as octal.
+_PERM = re.compile(r"[nrwb](?:0|[1-9][0-9]*)")
 #: Any home works for checking the syntax of a relative path.
 _SYNTAX_HOME = "/local/domain/0"
 
@@ -82,28 +83,40 @@ def encode_xenstore_data(
             raise LocalProtocolError(f"node {item.path!r} has no permissions")
         strings = [item.path.encode(ENCODING), item.value]
         strings += [p.encode(ENCODING) for p in item.perms]
+        # The value was checked above (with a clearer message).
+        checked = strings[:1] + strings[2:]
         subtype = SubType.NODE_DATA
     else:
         strings = [item.path.encode(ENCODING), item.token.encode(ENCODING)]
+        checked = strings
         subtype = SubType.WATCH_DATA
-    for s in strings[:1] + strings[2:]:
+    for s in checked:
         if b"\0" in s:
             raise LocalProtocolError("a string of the tuple contains a NUL byte")
     body = _SUBTYPE[big_endian].pack(subtype) + b"".join(s + b"\0" for s in strings)
     return Record(RecordType.DOMAIN_XENSTORE_DATA, body)
 
 
-def _check_path(text: str, offset: int, *, allow_empty: bool, what: str) -> None:
-    if text.startswith("/") and what == "node":
+def _check_node_path(text: str, offset: int) -> None:
+    if text.startswith("/"):
         raise StreamError(
-            offset, f"{what} path {text!r} starts with '/' (must be relative)"
+            offset, f"node path {text!r} starts with '/' (must be relative)"
         )
-    if text == "" and allow_empty:
-        return
+    if text == "":
+        return  # the home node itself (c.3)
+    # Checked in its absolute form: a node right under the home may be
+    # called "@x" (a legal node name), which on its own reads as special.
     try:
-        canonicalize(text, _SYNTAX_HOME, allow_special=what == "watch")
+        canonicalize(f"{_SYNTAX_HOME}/{text}", _SYNTAX_HOME)
     except XsError:
-        raise StreamError(offset, f"invalid {what} path {text!r}") from None
+        raise StreamError(offset, f"invalid node path {text!r}") from None
+
+
+def _check_watch_path(text: str, offset: int) -> None:
+    try:
+        canonicalize(text, _SYNTAX_HOME, allow_special=True)
+    except XsError:
+        raise StreamError(offset, f"invalid watch path {text!r}") from None
 
 
 def decode_xenstore_data(
@@ -132,7 +145,7 @@ def decode_xenstore_data(
         if len(strings) < 3:
             raise StreamError(offset, "node data needs a path, a value and permissions")
         path = strings[0].decode(ENCODING)
-        _check_path(path, offset, allow_empty=True, what="node")
+        _check_node_path(path, offset)
         perms = tuple(s.decode(ENCODING) for s in strings[2:])
         for perm in perms:
             if not _PERM.fullmatch(perm) or int(perm[1:]) > 65535:
@@ -144,6 +157,6 @@ def decode_xenstore_data(
         if len(strings) != 2:
             raise StreamError(offset, "watch data must be exactly a path and a token")
         path = strings[0].decode(ENCODING)
-        _check_path(path, offset, allow_empty=False, what="watch")
+        _check_watch_path(path, offset)
         return WatchData(path, strings[1].decode(ENCODING))
     raise StreamError(offset, f"unknown DOMAIN_XENSTORE_DATA sub-type {subtype}")

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from pyxenstored.perms import Perms
 
-__all__ = ["Change", "Node", "node_size"]
+__all__ = ["Change", "Node", "node_bytes", "node_size"]
 
 
 class Node:
@@ -17,7 +17,7 @@ class Node:
     width (``/local/domain`` on a big host).
     """
 
-    __slots__ = ("children", "generation", "perms", "value")
+    __slots__ = ("acct", "children", "generation", "perms", "value")
 
     def __init__(
         self,
@@ -31,10 +31,14 @@ class Node:
         self.children: dict[str, None] = {} if children is None else children
         #: Stamped from the store's global counter on every modification.
         self.generation = generation
+        #: Bytes charged to the owner's memory account for this node.
+        self.acct = 0
 
     def copy(self) -> Node:
         """A private copy for a transaction (children copied, the rest shared)."""
-        return Node(self.value, self.perms, dict(self.children), self.generation)
+        copy = Node(self.value, self.perms, dict(self.children), self.generation)
+        copy.acct = self.acct
+        return copy
 
     def __repr__(self) -> str:
         return (
@@ -47,6 +51,17 @@ def node_size(node: Node) -> int:
     """Size charged by the ``node-size`` quota (PROTOCOL.md section 10)."""
     childlen = sum(len(name) + 1 for name in node.children)
     return 16 + 8 * len(node.perms) + len(node.value) + childlen
+
+
+def node_bytes(path: str, node: Node) -> int:
+    """What a node costs its owner's ``memory`` account.
+
+    Path, value and permissions plus a fixed overhead, as C charges them;
+    the child list is left out so that adding a child never changes what
+    the parent's owner is charged (a guest must not be able to run another
+    domain's account up by creating nodes under it).
+    """
+    return 16 + len(path) + len(node.value) + 8 * len(node.perms)
 
 
 class Change(NamedTuple):

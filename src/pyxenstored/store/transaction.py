@@ -24,7 +24,7 @@ Theory of operation:
 from __future__ import annotations
 
 from pyxenstored.errors import NoSpace, OutOfMemory, TransactionConflict
-from pyxenstored.store.node import Change, Node
+from pyxenstored.store.node import Change, Node, node_bytes
 from pyxenstored.store.quota import Quotas
 from pyxenstored.store.tree import Store
 
@@ -54,6 +54,7 @@ class Transaction:
         #: Paths modified here, in first-modification order.
         self.modified: dict[str, None] = {}
         self.owner_delta: dict[int, int] = {}
+        self.bytes_delta: dict[int, int] = {}
         self.changes: dict[str, Change] = {}
         #: Set when a limit was hit; the commit then fails with ENOMEM.
         self.failed = False
@@ -84,26 +85,42 @@ class Transaction:
 
     def touched(self, path: str, node: Node) -> None:
         self.modified[path] = None
+        charge = node_bytes(path, node)
+        self._charge(node.perms[0].domid, charge - node.acct)
+        node.acct = charge
 
     def created(self, path: str, node: Node) -> None:
         self.nodes[path] = node
         self.modified[path] = None
-        self._count(node.perms[0].domid, 1)
+        owner = node.perms[0].domid
+        self._count(owner, 1)
+        node.acct = node_bytes(path, node)
+        self._charge(owner, node.acct)
 
     def deleted(self, path: str, node: Node) -> None:
         self.nodes[path] = None
         self.modified[path] = None
-        self._count(node.perms[0].domid, -1)
+        owner = node.perms[0].domid
+        self._count(owner, -1)
+        self._charge(owner, -node.acct)
 
-    def owner_changed(self, old: int, new: int) -> None:
+    def owner_changed(self, old: int, new: int, node: Node) -> None:
         self._count(old, -1)
         self._count(new, 1)
+        self._charge(old, -node.acct)
+        self._charge(new, node.acct)
 
     def _count(self, domid: int, delta: int) -> None:
         self.owner_delta[domid] = self.owner_delta.get(domid, 0) + delta
 
+    def _charge(self, domid: int, delta: int) -> None:
+        self.bytes_delta[domid] = self.bytes_delta.get(domid, 0) + delta
+
     def owned(self, domid: int) -> int:
         return self.store.owned(domid) + self.owner_delta.get(domid, 0)
+
+    def owned_bytes(self, domid: int) -> int:
+        return self.store.owned_bytes(domid) + self.bytes_delta.get(domid, 0)
 
     def record(self, change: Change) -> None:
         earlier = self.changes.get(change.path)

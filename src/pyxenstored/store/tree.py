@@ -22,12 +22,13 @@ from pyxenstored.errors import (
     NoEntry,
     NoSpace,
     NotPermitted,
+    OutOfMemory,
     PermissionDenied,
     XsError,
 )
 from pyxenstored.paths import SPECIAL_NODES, parent_of
 from pyxenstored.perms import Access, Perm, Perms, access_for
-from pyxenstored.store.node import Change, Node, node_size
+from pyxenstored.store.node import Change, Node, node_bytes, node_size
 from pyxenstored.store.quota import Quotas
 
 __all__ = [
@@ -56,6 +57,10 @@ class Caller(Protocol):
     @property
     def privileged(self) -> bool: ...
 
+    @property
+    def watch_bytes(self) -> int:
+        """Memory the caller's watches take (counted in its memory quota)."""
+
 
 class View(Protocol):
     """Read and modify nodes, either committed or through a transaction."""
@@ -69,10 +74,13 @@ class View(Protocol):
 
     def deleted(self, path: str, node: Node) -> None: ...
 
-    def owner_changed(self, old: int, new: int) -> None: ...
+    def owner_changed(self, old: int, new: int, node: Node) -> None: ...
 
     def owned(self, domid: int) -> int:
         """Nodes owned by ``domid`` as this view sees them."""
+
+    def owned_bytes(self, domid: int) -> int:
+        """Bytes of the nodes owned by ``domid`` as this view sees them."""
 
     def record(self, change: Change) -> None:
         """Remember a change that may fire watches."""
@@ -87,6 +95,8 @@ class Store:
         #: Global generation counter; every modification takes a new value.
         self.generation = 0
         self.owner_counts: dict[int, int] = {}
+        #: The node part of each owner's memory account (:func:`node_bytes`).
+        self.owner_bytes: dict[int, int] = {}
         #: Changes made since the engine last collected them.
         self.changes: list[Change] = []
         none_priv: Perms = (Perm(Access.NONE, priv_domid),)
@@ -109,6 +119,9 @@ class Store:
 
     def touched(self, path: str, node: Node) -> None:
         self._stamp(node)
+        charge = node_bytes(path, node)
+        self._charge(node.perms[0].domid, charge - node.acct)
+        node.acct = charge
 
     def _count(self, domid: int, delta: int) -> None:
         counts = self.owner_counts
@@ -118,21 +131,39 @@ class Store:
         else:
             del counts[domid]
 
+    def _charge(self, domid: int, delta: int) -> None:
+        charged = self.owner_bytes
+        value = charged.get(domid, 0) + delta
+        if value:
+            charged[domid] = value
+        else:
+            charged.pop(domid, None)
+
     def created(self, path: str, node: Node) -> None:
         self._stamp(node)
         self.nodes[path] = node
-        self._count(node.perms[0].domid, 1)
+        owner = node.perms[0].domid
+        self._count(owner, 1)
+        node.acct = node_bytes(path, node)
+        self._charge(owner, node.acct)
 
     def deleted(self, path: str, node: Node) -> None:
         del self.nodes[path]
-        self._count(node.perms[0].domid, -1)
+        owner = node.perms[0].domid
+        self._count(owner, -1)
+        self._charge(owner, -node.acct)
 
-    def owner_changed(self, old: int, new: int) -> None:
+    def owner_changed(self, old: int, new: int, node: Node) -> None:
         self._count(old, -1)
         self._count(new, 1)
+        self._charge(old, -node.acct)
+        self._charge(new, node.acct)
 
     def owned(self, domid: int) -> int:
         return self.owner_counts.get(domid, 0)
+
+    def owned_bytes(self, domid: int) -> int:
+        return self.owner_bytes.get(domid, 0)
 
     def record(self, change: Change) -> None:
         self.changes.append(change)
@@ -145,8 +176,13 @@ class Store:
         if old is None:
             self.created(path, node)
             return
-        if old.perms[0].domid != node.perms[0].domid:
-            self.owner_changed(old.perms[0].domid, node.perms[0].domid)
+        owner = node.perms[0].domid
+        if old.perms[0].domid != owner:
+            self._count(old.perms[0].domid, -1)
+            self._count(owner, 1)
+        self._charge(old.perms[0].domid, -old.acct)
+        node.acct = node_bytes(path, node)
+        self._charge(owner, node.acct)
         self._stamp(node)
         self.nodes[path] = node
 
@@ -193,6 +229,23 @@ def _check_size(quotas: Quotas, caller: Caller, node: Node) -> None:
         raise NoSpace("node too large")
 
 
+def _check_memory(
+    view: View, quotas: Quotas, caller: Caller, owner: int, delta: int
+) -> None:
+    """ENOMEM if ``delta`` more bytes take the caller's own account over quota.
+
+    The account is the bytes of the nodes it owns plus its watches
+    (PROTOCOL.md 10, ``memory``).  Only growth of the caller's own account
+    is refused; nodes of other owners it may write are charged to them.
+    """
+    if caller.privileged or delta <= 0 or owner != caller.domid:
+        return
+    limit = quotas.for_domain(caller.domid).memory
+    used = view.owned_bytes(caller.domid) + caller.watch_bytes
+    if quotas.exceeded(used + delta, limit):
+        raise OutOfMemory("memory quota reached")
+
+
 # -- operations ------------------------------------------------------------
 
 
@@ -219,6 +272,8 @@ def write(view: View, caller: Caller, path: str, value: bytes, quotas: Quotas) -
         raise PermissionDenied()
     if not caller.privileged:
         _check_size(quotas, caller, Node(value, node.perms, node.children))
+        grow = len(value) - len(node.value)
+        _check_memory(view, quotas, caller, node.perms[0].domid, grow)
     node.value = value
     view.touched(path, node)
     view.record(Change(path, False, (node.perms,)))
@@ -258,6 +313,8 @@ def _create(
         grown.children[first[first.rfind("/") + 1 :]] = None
         _check_size(quotas, caller, grown)
         _check_size(quotas, caller, Node(value, perms))
+        cost = len(value) + sum(node_bytes(p, Node(b"", perms)) for p in missing)
+        _check_memory(view, quotas, caller, caller.domid, cost)
     first = missing[-1]
     parent.children[first[first.rfind("/") + 1 :]] = None
     view.touched(ancestor, parent)
@@ -330,8 +387,10 @@ def set_perms(
         raise NotPermitted("only the privileged domain may change the owner")
     if not caller.privileged:
         _check_size(quotas, caller, Node(node.value, perms, node.children))
+        grow = 8 * (len(perms) - len(old))
+        _check_memory(view, quotas, caller, old[0].domid, grow)
     node.perms = perms
     if old[0].domid != perms[0].domid:
-        view.owner_changed(old[0].domid, perms[0].domid)
+        view.owner_changed(old[0].domid, perms[0].domid, node)
     view.touched(path, node)
     view.record(Change(path, False, (perms, old)))

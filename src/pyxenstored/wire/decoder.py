@@ -34,7 +34,7 @@ class PacketDecoder:
         self._buf = bytearray()
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Append bytes read from the transport (copied: the caller may reuse ``data``)."""
+        """Append bytes read from the transport (copied: ``data`` may be reused)."""
         self._buf += data
 
     @property
