@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -73,11 +74,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _file_error(path: str, error: OSError) -> CliExit:
+    return CliExit(f"{path}: {error.strerror or error}")
+
+
 def _read(path: str | None) -> bytes:
     if path is None or path == "-":
         return sys.stdin.buffer.read()
-    with open(path, "rb") as f:
-        return f.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise _file_error(path, error) from None
 
 
 def _write(path: str | None, data: bytes) -> None:
@@ -85,13 +93,33 @@ def _write(path: str | None, data: bytes) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        special = False
+    except OSError as error:
+        raise _file_error(path, error) from None
+    if special:
+        # A pipe or a device (/dev/null): write into it, never replace it.
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+        except OSError as error:
+            raise _file_error(path, error) from None
+        return
     # Write beside the target, then rename: a reader never sees half a stream.
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".pyxenstore-")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".pyxenstore-")
+    except OSError as error:
+        raise _file_error(path, error) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except OSError as error:
+        os.unlink(tmp)
+        raise _file_error(path, error) from None
     except BaseException:
         os.unlink(tmp)
         raise
@@ -106,16 +134,21 @@ def _decode(data: bytes, what: str) -> Stream:
 
 def _save(socket: str | None, args: argparse.Namespace) -> int:
     base = _decode(_read(args.into), args.into) if args.into else None
+    # The records join the stream in its byte order (MIGRATION.md c.18).
+    big_endian = base.big_endian if base is not None else False
 
     async def run() -> tuple[int, int, list[Record]]:
         async with AsyncClient(socket) as client:
             data = await save_domain(client, args.domid)
-        return len(data.nodes), len(data.watches), data.records()
+        return len(data.nodes), len(data.watches), data.records(big_endian)
 
     try:
         nodes, watches, records = asyncio.run(run())
     except LocalProtocolError as error:
-        raise CliExit(f"save: {error}") from None
+        raise CliExit(
+            f"save: {error}; domain {args.domid} stays quiesced "
+            f"('{PROG} migrate resume --domid {args.domid}' undoes that)"
+        ) from None
     if base is not None:
         stream = insert_before_end(base, records)
     else:
@@ -124,7 +157,7 @@ def _save(socket: str | None, args: argparse.Namespace) -> int:
     _write(args.into or args.output, data)
     print(
         f"{PROG}: saved domain {args.domid}: {nodes} nodes, {watches} watches, "
-        f"{sum(len(encode_record(r)) for r in records)} bytes of records",
+        f"{sum(len(encode_record(r, big_endian)) for r in records)} bytes of records",
         file=sys.stderr,
     )
     return 0

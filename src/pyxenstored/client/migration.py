@@ -97,9 +97,26 @@ async def save_domain(client: AsyncClient, domid: int) -> DomainData:
     return DomainData(domid, nodes, watches)
 
 
+async def _exists(client: AsyncClient, domid: int) -> bool:
+    """Whether a domain exists on this host, introduced or not (c.4).
+
+    GET_FEATURE with a domid answers ENOENT exactly for a domain that does
+    not exist; a daemon that does not offer it (another error) is asked
+    IS_DOMAIN_INTRODUCED instead, which errs on the side of dropping.
+    """
+    try:
+        await client.get_feature(domid)
+    except NoEntry:
+        return False
+    except XsError:
+        return await client.is_domain_introduced(domid)
+    return True
+
+
 async def _live_domains(client: AsyncClient, domids: set[int]) -> set[int]:
-    answers = await asyncio.gather(*(client.is_domain_introduced(d) for d in domids))
-    return {d for d, alive in zip(domids, answers, strict=True) if alive}
+    ordered = sorted(domids)
+    answers = await asyncio.gather(*(_exists(client, d) for d in ordered))
+    return {d for d, alive in zip(ordered, answers, strict=True) if alive}
 
 
 async def _applicable_perms(

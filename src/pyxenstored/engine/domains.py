@@ -35,6 +35,8 @@ __all__ = [
     "do_resume",
     "do_set_target",
     "domid_arg",
+    "reap_unintroduced",
+    "release_changes",
 ]
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,49 @@ def release_changes(engine: Engine, domid: int) -> list[Change]:
     for special in (INTRODUCE_DOMAIN, RELEASE_DOMAIN):
         node = store.special[special]
         node.perms = (node.perms[0], *(p for p in node.perms[1:] if p.domid != domid))
+    for conn in engine.connections.values():
+        # A transaction still holding nodes that name the domain would put
+        # them back at commit, for the next domain with this domid.
+        for tx in conn.transactions.values():
+            tx.domain_gone(domid)
+        # A stub domain must not keep owner rights over whichever domain
+        # is next given its target's domid.
+        if conn.target == domid:
+            conn.target = None
     changes = store.changes
     store.changes = []
+    return changes
+
+
+def reap_unintroduced(engine: Engine) -> list[Change]:
+    """Forget dead domains that were named but never introduced.
+
+    A toolstack writes a domain's nodes (owned by it, or granting it
+    access) and may set its quotas and features before INTRODUCE; if the
+    domain dies first, nothing of that may pass to the next domain given
+    the same domid (XSA-322/417, PROTOCOL.md 8.2, last paragraph).  Called
+    on VIRQ_DOM_EXC next to the clean-up of introduced domains.  Stale
+    entries are not looked at: they grant nothing already.
+    """
+    hypervisor = engine.hypervisor
+    if hypervisor is None:
+        return []
+    store = engine.store
+    named = {
+        p.domid
+        for node in (*store.nodes.values(), *store.special.values())
+        for p in node.perms
+        if not p.stale
+    }
+    named.update(engine.quotas.per_domain, engine.feature_overrides)
+    named.difference_update(engine.introduced)
+    named.discard(engine.priv_domid)
+    changes: list[Change] = []
+    for domid in sorted(named):
+        if hypervisor.domain_state(domid) is DomainState.RUNNING:
+            continue
+        log.info("domain %d died before it was introduced; cleaning up", domid)
+        changes += release_changes(engine, domid)
+        engine.quotas.forget_domain(domid)
+        engine.feature_overrides.pop(domid, None)
     return changes

@@ -277,7 +277,7 @@ class RingClient:
                     self._reconnect()
                     kicked = True
                 if self._queue:
-                    if self._event_timeout():
+                    if self._event_timeout() and self.quiesce is Quiesce.ACTIVE:
                         self._discard_expired()
                     if self._write(ring):
                         progress = kicked = True
@@ -363,6 +363,14 @@ class RingClient:
         self.ring = ring
         self._close_mapping = close_mapping
         self.quiesce = Quiesce.ACTIVE
+        # Events kept while quiesced (MIGRATION.md a.3 item 7) start their
+        # watch-event timeout now: the guest could not read them before.
+        timeout = self._event_timeout()
+        if timeout:
+            expires = time.monotonic() + timeout
+            for message in self._queue:
+                if not message.is_reply:
+                    message.expires = expires
         if self._quiesce_timer is not None:
             self._quiesce_timer.cancel()
             self._quiesce_timer = None
@@ -409,6 +417,10 @@ class RingClient:
         if self._quiesce_timer is not None:
             self._quiesce_timer.cancel()
             self._quiesce_timer = None
+        # A QUIESCE still draining gets its answer (EBUSY): the domain went.
+        waiters, self._quiesce_waiters = self._quiesce_waiters, []
+        for done in waiters:
+            done(False)
         if self.ring is not None:
             self.ring.release()
             self.ring = None

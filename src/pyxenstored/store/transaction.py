@@ -19,6 +19,10 @@ Theory of operation:
 5. Quotas: an unprivileged owner's node count is checked again at commit
    (ENOSPC), and touching more than ``transaction-nodes`` distinct nodes
    fails the transaction (ENOSPC now, ENOMEM at commit).
+6. A domain that goes away while the transaction is open must not come
+   back with its commit (XSA-322/417): :meth:`domain_gone` makes every
+   private node naming it conflict, so the commit fails with EAGAIN and
+   the redone transaction sees the domain gone.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from pyxenstored.store.quota import Quotas
 from pyxenstored.store.tree import Store
 
 __all__ = ["Transaction"]
+
+#: A generation no node ever has: a path recorded with it fails the commit.
+_CONFLICT = -1
 
 
 class Transaction:
@@ -47,7 +54,8 @@ class Transaction:
         self.quotas = quotas
         self.domid = domid
         self.privileged = privileged
-        #: Generation of each committed node at first access (None: absent).
+        #: Generation of each committed node at first access (None: absent;
+        #: :data:`_CONFLICT`: forced to conflict at commit).
         self.accessed: dict[str, int | None] = {}
         #: Private copies; None means absent or deleted in this transaction.
         self.nodes: dict[str, Node | None] = {}
@@ -134,6 +142,21 @@ class Transaction:
             self.changes[change.path] = Change(
                 change.path, earlier.exact and change.exact, perms
             )
+
+    def domain_gone(self, domid: int) -> None:
+        """A domain was released or died while this transaction was open.
+
+        Its nodes and permission entries were removed from the committed
+        tree, but private copies modified here may still name it (a node it
+        owns, an entry granting it access).  Committed, they would hand
+        them to the next domain given the same domid, so every such path is
+        made to conflict: the commit fails with EAGAIN and nothing is
+        applied.
+        """
+        for path in self.modified:
+            node = self.nodes[path]
+            if node is not None and any(p.domid == domid for p in node.perms):
+                self.accessed[path] = _CONFLICT
 
     # -- end ----------------------------------------------------------------
 
