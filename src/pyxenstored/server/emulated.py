@@ -172,6 +172,17 @@ class EmulatedHost:
         )
         # The page is never cleared or re-indexed here (MIGRATION.md a.6):
         # requests already waiting in it are served.
+        withdrawn = ring.server_features & ~features
+        if withdrawn:
+            # The page came from another host (migration) that offered more.
+            # A server may never withdraw a bit the guest has seen (RING.md
+            # 5); nothing restored here depends on those bits (MIGRATION.md
+            # c.7, c.8: no depth watches, no DOMID_ANY), so warn and go on.
+            log.warning(
+                "dom%d: page shows features %#x this host does not offer",
+                domid,
+                withdrawn,
+            )
         ring.server_features = features
         if ring.connection == ConnectionState.RECONNECT:
             ring.connection = ConnectionState.CONNECTED
