@@ -38,15 +38,15 @@ def say(text: str = "") -> None:
 
 
 @contextmanager
-def daemon(name: str, directory: str) -> Iterator[Host]:
-    """Start pyxenstored for one host; stop it afterwards."""
+def daemon(name: str, directory: str, *extra: str) -> Iterator[Host]:
+    """Start pyxenstored for one host (``extra``: more options); stop it."""
     os.makedirs(directory, exist_ok=True)
     socket = os.path.join(directory, "socket")
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "pyxenstored.cli.xenstored",
             "--socket", socket, "--host-dir", directory,
-            "--log-file", os.path.join(directory, "daemon.log"),
+            "--log-file", os.path.join(directory, "daemon.log"), *extra,
         ]
     )  # fmt: skip
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -119,6 +119,53 @@ class AsyncClient:
         if reply is NEED_DATA:  # the reader only wakes us when it is in
             raise LocalProtocolError(f"woken without a reply to {req_id}")
         return reply
+
+    async def pipeline(
+        self, requests: Sequence[Request], tx: int = 0
+    ) -> list[bytes | XsError]:
+        """Send many single-reply requests in one write; collect every reply.
+
+        The daemon answers one connection's requests in order, so only the
+        last request needs a waiter: when its reply is in, all are.  This
+        is how bulk work (a domain's whole subtree, for migration) avoids
+        one round trip, and one asyncio task, per request.
+
+        Returns:
+            Each reply payload, or the :class:`~pyxenstored.errors.XsError`
+            the daemon answered, in the order of ``requests``.
+        """
+        if not requests:
+            return []
+        await self.connect()
+        assert self._transport is not None
+        ids = []
+        chunks = []
+        for request in requests:
+            req_id, data = self._protocol.send(request.op, request.payload, tx)
+            ids.append(req_id)
+            chunks.append(data)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[ids[-1]] = waiter
+        try:
+            await self._transport.send_all(b"".join(chunks))
+            await waiter
+        except BaseException:
+            for req_id in ids:
+                self._protocol.forget(req_id)
+            raise
+        finally:
+            del self._waiters[ids[-1]]
+        results: list[bytes | XsError] = []
+        for req_id in ids:
+            try:
+                reply = self._protocol.reply(req_id)
+            except XsError as exc:
+                results.append(exc)
+                continue
+            if reply is NEED_DATA:
+                raise LocalProtocolError(f"no reply to {req_id} in order")
+            results.append(reply)
+        return results
 
     async def _run(self, flow: Flow[T], tx: int = 0) -> T:
         """Drive a command flow: send what it yields, feed it the replies."""

@@ -18,31 +18,64 @@ import contextlib
 import logging
 
 from pyxenstored.client.aio import AsyncClient
-from pyxenstored.errors import NoEntry, TransactionConflict, XsError
+from pyxenstored.client.commands import Request, encode_args, parse_perms, parse_strings
+from pyxenstored.errors import NoEntry, TooBig, TransactionConflict, XsError
 from pyxenstored.migration.records import NodeData, WatchData
 from pyxenstored.migration.snapshot import DomainData, absolute, relative, watch_batches
 from pyxenstored.paths import domain_home
 from pyxenstored.perms import parse_perm
+from pyxenstored.wire.ops import Op
 
 __all__ = ["read_domain", "restore_domain", "resume_domain", "save_domain"]
 
 log = logging.getLogger(__name__)
 
 
+#: Requests per pipelined write: small enough that the requests always fit
+#: the socket buffer while the daemon's replies wait to be read.
+_BATCH = 512
+
+
+async def _pipeline(
+    client: AsyncClient, requests: list[Request], tx: int
+) -> list[bytes | XsError]:
+    results: list[bytes | XsError] = []
+    for start in range(0, len(requests), _BATCH):
+        results += await client.pipeline(requests[start : start + _BATCH], tx)
+    return results
+
+
+def _ok(reply: bytes | XsError) -> bytes:
+    if isinstance(reply, XsError):
+        raise reply
+    return reply
+
+
 async def _read_level(
     client: AsyncClient, paths: list[str], tx: int
 ) -> list[tuple[str, bytes, list[str], list[str]]]:
     """Value, permissions and children of every path, pipelined."""
-
-    async def one(path: str) -> tuple[str, bytes, list[str], list[str]]:
-        value, perms, children = await asyncio.gather(
-            client.read(path, tx),
-            client.get_perms(path, tx),
-            client.directory(path, tx),
+    requests = []
+    for path in paths:
+        arg = encode_args(path)
+        requests += [
+            Request(Op.READ, arg),
+            Request(Op.GET_PERMS, arg),
+            Request(Op.DIRECTORY, arg),
+        ]
+    replies = await _pipeline(client, requests, tx)
+    found = []
+    for i, path in enumerate(paths):
+        value, perms, listing = replies[3 * i : 3 * i + 3]
+        if isinstance(listing, TooBig):
+            # Over 4096 bytes of names: page with DIRECTORY_PART instead.
+            children = await client.directory(path, tx)
+        else:
+            children = parse_strings(_ok(listing))
+        found.append(
+            (path, _ok(value), [str(p) for p in parse_perms(_ok(perms))], children)
         )
-        return path, value, [str(p) for p in perms], children
-
-    return list(await asyncio.gather(*(one(p) for p in paths)))
+    return found
 
 
 async def read_domain(client: AsyncClient, domid: int) -> list[NodeData]:
@@ -184,12 +217,13 @@ async def restore_domain(
     async def write_nodes(tx: int) -> None:
         # One connection's requests are handled in order, so pipelining
         # WRITE then SET_PERMS per node (parents first) keeps that order.
-        calls = []
+        requests = []
         for node in data.nodes:
             path = absolute(domid, node.path)
-            calls.append(client.write(path, node.value, tx))
-            calls.append(client.set_perms(path, perms[node.path], tx))
-        await asyncio.gather(*calls)
+            requests.append(Request(Op.WRITE, encode_args(path) + node.value))
+            requests.append(Request(Op.SET_PERMS, encode_args(path, *perms[node.path])))
+        for reply in await _pipeline(client, requests, tx):
+            _ok(reply)
 
     tx = await client.transaction_start()
     try:

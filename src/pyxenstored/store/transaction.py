@@ -17,8 +17,9 @@ Theory of operation:
    ones, each with a fresh generation, and the kept changes fire once per
    path, in the order the transaction first accessed the paths (as C).
 5. Quotas: an unprivileged owner's node count is checked again at commit
-   (ENOSPC), and touching more than ``transaction-nodes`` distinct nodes
-   fails the transaction (ENOSPC now, ENOMEM at commit).
+   (ENOSPC), so is the caller's memory account (ENOMEM), and touching more
+   than ``transaction-nodes`` distinct nodes fails the transaction (ENOSPC
+   now, ENOMEM at commit).
 6. A domain that goes away while the transaction is open must not come
    back with its commit (XSA-322/417): :meth:`domain_gone` makes every
    private node naming it conflict, so the commit fails with EAGAIN and
@@ -143,6 +144,25 @@ class Transaction:
                 change.path, earlier.exact and change.exact, perms
             )
 
+    def _check_memory_at_commit(self) -> None:
+        """ENOMEM if the commit takes the caller's nodes over its memory quota.
+
+        Each write was checked against the committed tree as it was then;
+        transactions committed since may have grown it, so without this
+        several transactions could together commit more than the quota
+        (as with the node quota, XSA-421).  Only the caller's own account,
+        as :func:`~pyxenstored.store.tree.write` checks it; its watches are
+        not known here, so the bytes of its nodes alone are compared.
+        """
+        if self.privileged:
+            return
+        grown = self.bytes_delta.get(self.domid, 0)
+        if grown <= 0:
+            return
+        limit = self.quotas.for_domain(self.domid).memory
+        if self.quotas.exceeded(self.store.owned_bytes(self.domid) + grown, limit):
+            raise OutOfMemory("memory quota reached at commit")
+
     def domain_gone(self, domid: int) -> None:
         """A domain was released or died while this transaction was open.
 
@@ -164,7 +184,8 @@ class Transaction:
         """Apply the transaction and return the changes to fire.
 
         Raises:
-            OutOfMemory: the transaction was failed earlier.
+            OutOfMemory: the transaction was failed earlier, or the commit
+                would take the caller over its memory quota.
             TransactionConflict: a node it touched changed meanwhile.
             NoSpace: the commit would take an owner over its node quota.
         """
@@ -181,6 +202,7 @@ class Transaction:
             limit = self.quotas.for_domain(domid).nodes
             if self.quotas.exceeded(self.store.owned(domid) + delta, limit):
                 raise NoSpace("node quota reached at commit")
+        self._check_memory_at_commit()
         for path in self.modified:
             node = self.nodes[path]
             if node is None:
