@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import IntFlag
+from functools import lru_cache
 from typing import NamedTuple
 
 from pyxenstored.errors import InvalidArgument
@@ -19,6 +20,10 @@ __all__ = [
     "DOMID_INVALID",
     "DOMID_MAX",
     "DOMID_SELF",
+    "ALL_BITS",
+    "OWNER_BIT",
+    "READ_BIT",
+    "WRITE_BIT",
     "Access",
     "Perm",
     "Perms",
@@ -59,6 +64,13 @@ class Access(IntFlag):
 #: inner spaces, a sign after the prefix and non-ASCII digits.
 _DOMID_TEXT = re.compile(r"\+?(?:0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*))")
 
+#: Plain-int masks of :class:`Access` for the hot path: ``&`` on an IntFlag
+#: member runs Python code and is about 25 times slower than on an int.
+READ_BIT = 1
+WRITE_BIT = 2
+OWNER_BIT = 4
+ALL_BITS = 7
+
 _LETTERS = {"n": Access.NONE, "r": Access.READ, "w": Access.WRITE, "b": Access.BOTH}
 _LETTER_OF = {v: k for k, v in _LETTERS.items()}
 
@@ -96,6 +108,7 @@ def parse_domid(text: str) -> int:
     return value
 
 
+@lru_cache(maxsize=4096)
 def parse_perm(text: str) -> Perm:
     """Parse ``n5``, ``r0``, ``w12``, ``b3``.
 
@@ -138,9 +151,7 @@ def format_perms(perms: Perms) -> list[str]:
     return [str(p) for p in perms]
 
 
-def access_for(
-    perms: Perms, domid: int, target: int | None, privileged: bool
-) -> Access:
+def access_for(perms: Perms, domid: int, target: int | None, privileged: bool) -> int:
     """Access of a caller to a node with ``perms`` (C ``perm_for_conn``).
 
     Args:
@@ -148,15 +159,19 @@ def access_for(
         domid: the caller's domid.
         target: the caller's SET_TARGET target, if any.
         privileged: the caller is the privileged domain or a local socket.
+
+    Returns:
+        A mask of :data:`READ_BIT`, :data:`WRITE_BIT` and :data:`OWNER_BIT`
+        (the int values of :class:`Access`).
     """
     if privileged:
-        return Access.ALL
+        return ALL_BITS
     owner = perms[0].domid
     if owner == domid or owner == target:  # noqa: SIM109 - hot path, no tuple
-        return Access.ALL
+        return ALL_BITS
     for perm in perms[1:]:
         if perm.stale:
             continue
         if perm.domid == domid or perm.domid == target:
-            return perm.access
-    return perms[0].access
+            return perm.access._value_
+    return perms[0].access._value_

@@ -40,7 +40,7 @@ from pyxenstored.engine.handlers import HANDLERS, NOTID, PRIV
 from pyxenstored.engine.seed import StagedWatches
 from pyxenstored.errors import NoEntry, NotSupported, PermissionDenied, XsError
 from pyxenstored.paths import RELEASE_DOMAIN, SPECIAL_NODES, parent_of
-from pyxenstored.perms import Access, Perms, access_for
+from pyxenstored.perms import READ_BIT, Perms, access_for
 from pyxenstored.store import tree
 from pyxenstored.store.node import Change
 from pyxenstored.store.quota import Limits, QuotaRule, Quotas
@@ -387,8 +387,7 @@ class Engine:
             if parent is not None:
                 candidates = (*candidates, parent.perms)
         return any(
-            access_for(p, conn.domid, conn.target, False) & Access.READ
-            for p in candidates
+            access_for(p, conn.domid, conn.target, False) & READ_BIT for p in candidates
         )
 
     def queue_event(self, conn: Connection, path: str, token: str) -> None:

@@ -26,7 +26,9 @@ from pyxenstored.errors import (
 )
 from pyxenstored.perms import (
     DOMID_SELF,
-    Access,
+    OWNER_BIT,
+    READ_BIT,
+    WRITE_BIT,
     Perms,
     access_for,
     format_perms,
@@ -155,7 +157,7 @@ def do_get_perms(
 ) -> bytes:
     path = canonical(engine, conn, one_arg(packet.payload), allow_special=True)
     if path[0] == "@":
-        perms = _special(engine, conn, path, Access.READ).perms
+        perms = _special(engine, conn, path, READ_BIT).perms
     else:
         perms = tree.get_perms(_view(engine, tx), conn, path)
     return join_args(*format_perms(perms))
@@ -179,7 +181,7 @@ def do_set_perms(
         raise NoEntry("the new owner does not exist")
     path = canonical(engine, conn, args[0], allow_special=True)
     if path[0] == "@":
-        node = _special(engine, conn, path, Access.WRITE | Access.OWNER)
+        node = _special(engine, conn, path, WRITE_BIT | OWNER_BIT)
         node.perms = perms
         return OK
     tree.set_perms(_view(engine, tx), conn, path, perms, engine.quotas)
@@ -193,7 +195,7 @@ def _mark_stale(engine: Engine, perms: Perms) -> Perms:
     )
 
 
-def _special(engine: Engine, conn: Connection, path: str, want: Access) -> Node:
+def _special(engine: Engine, conn: Connection, path: str, want: int) -> Node:
     node = engine.store.special.get(path)
     if node is None:
         # Only the two special nodes have permissions; C 4.17 calls any

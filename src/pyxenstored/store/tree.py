@@ -27,7 +27,15 @@ from pyxenstored.errors import (
     XsError,
 )
 from pyxenstored.paths import SPECIAL_NODES, parent_of
-from pyxenstored.perms import Access, Perm, Perms, access_for
+from pyxenstored.perms import (
+    OWNER_BIT,
+    READ_BIT,
+    WRITE_BIT,
+    Access,
+    Perm,
+    Perms,
+    access_for,
+)
 from pyxenstored.store.node import Change, Node, node_bytes, node_size
 from pyxenstored.store.quota import Quotas
 
@@ -195,11 +203,11 @@ class Store:
 # -- helpers ---------------------------------------------------------------
 
 
-def _access(caller: Caller, perms: Perms) -> Access:
+def _access(caller: Caller, perms: Perms) -> int:
     return access_for(perms, caller.domid, caller.target, caller.privileged)
 
 
-def _missing_error(view: View, caller: Caller, path: str, want: Access) -> XsError:
+def _missing_error(view: View, caller: Caller, path: str, want: int) -> XsError:
     """ENOENT or EACCES for a missing node, hiding its existence (5.4)."""
     ancestor = parent_of(path)
     node = view.get(ancestor)
@@ -211,7 +219,7 @@ def _missing_error(view: View, caller: Caller, path: str, want: Access) -> XsErr
     return PermissionDenied()
 
 
-def _lookup(view: View, caller: Caller, path: str, want: Access) -> Node:
+def _lookup(view: View, caller: Caller, path: str, want: int) -> Node:
     """The node at ``path``, which the caller must be allowed to ``want``."""
     node = view.get(path)
     if node is None:
@@ -250,16 +258,16 @@ def _check_memory(
 
 
 def read(view: View, caller: Caller, path: str) -> bytes:
-    return _lookup(view, caller, path, Access.READ).value
+    return _lookup(view, caller, path, READ_BIT).value
 
 
 def directory(view: View, caller: Caller, path: str) -> Node:
     """The node whose children are listed (its generation pages the list)."""
-    return _lookup(view, caller, path, Access.READ)
+    return _lookup(view, caller, path, READ_BIT)
 
 
 def get_perms(view: View, caller: Caller, path: str) -> Perms:
-    return _lookup(view, caller, path, Access.READ).perms
+    return _lookup(view, caller, path, READ_BIT).perms
 
 
 def write(view: View, caller: Caller, path: str, value: bytes, quotas: Quotas) -> None:
@@ -268,7 +276,7 @@ def write(view: View, caller: Caller, path: str, value: bytes, quotas: Quotas) -
     if node is None:
         _create(view, caller, path, value, quotas)
         return
-    if _access(caller, node.perms) & Access.WRITE != Access.WRITE:
+    if _access(caller, node.perms) & WRITE_BIT == 0:
         raise PermissionDenied()
     if not caller.privileged:
         _check_size(quotas, caller, Node(value, node.perms, node.children))
@@ -284,7 +292,7 @@ def mkdir(view: View, caller: Caller, path: str, quotas: Quotas) -> None:
     node = view.get(path)
     if node is None:
         _create(view, caller, path, b"", quotas)
-    elif _access(caller, node.perms) & Access.WRITE != Access.WRITE:
+    elif _access(caller, node.perms) & WRITE_BIT == 0:
         raise PermissionDenied()
 
 
@@ -299,7 +307,7 @@ def _create(
         missing.append(ancestor)
         ancestor = parent_of(ancestor)
         parent = view.get(ancestor)
-    if _access(caller, parent.perms) & Access.WRITE != Access.WRITE:
+    if _access(caller, parent.perms) & WRITE_BIT == 0:
         raise PermissionDenied()
     perms = parent.perms
     if not caller.privileged:
@@ -333,11 +341,11 @@ def rm(view: View, caller: Caller, path: str) -> None:
     """
     node = view.get(path)
     if node is None:
-        error = _missing_error(view, caller, path, Access.WRITE)
+        error = _missing_error(view, caller, path, WRITE_BIT)
         if isinstance(error, NoEntry) and view.get(parent_of(path)) is not None:
             return
         raise error
-    if _access(caller, node.perms) & Access.WRITE != Access.WRITE:
+    if _access(caller, node.perms) & WRITE_BIT == 0:
         raise PermissionDenied()
     if path == "/":
         raise InvalidArgument("cannot remove the root")
@@ -381,7 +389,7 @@ def set_perms(
     quotas: Quotas,
 ) -> None:
     """SET_PERMS on an ordinary node; ``perms`` already validated/parsed."""
-    node = _lookup(view, caller, path, Access.WRITE | Access.OWNER)
+    node = _lookup(view, caller, path, WRITE_BIT | OWNER_BIT)
     old = node.perms
     if not caller.privileged and perms[0].domid != old[0].domid:
         raise NotPermitted("only the privileged domain may change the owner")
