@@ -103,6 +103,8 @@ class GuestRing:
         #: Held while the guest touches the page; held by the hypervisor
         #: while the guest is paused (:meth:`pause`).
         self._vcpu = threading.Lock()
+        #: A pipe the hypervisor rings to wake the guest when it moves it.
+        self._doorbell = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._mapping: mmap.mmap | None = None
         self._ring: Ring | None = None
         self._notify: socket.socket | None = None
@@ -169,11 +171,13 @@ class GuestRing:
         if notify is None:
             return
         try:
-            select.select([notify], [], [], timeout)
+            select.select([notify.fileno(), self._doorbell[0]], [], [], timeout)
             with self._vcpu:
                 self.drain_kicks()
         except (OSError, ValueError):
             pass
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(self._doorbell[0], 64)
 
     def pause(self) -> None:
         """The hypervisor pauses the guest: it stops touching the ring.
@@ -279,15 +283,19 @@ class GuestRing:
             self._mapping.close()
             self._mapping = None
         if self._notify is not None:
-            # Wake a guest thread sleeping on this socket: closing it from
-            # another thread would not.
-            with contextlib.suppress(OSError):
-                self._notify.sendto(KICK.pack(0), self._notify.getsockname())
             self._notify.close()
             self._notify = None
+        # Wake a guest thread sleeping on the old socket: closing it from
+        # another thread does not reliably wake a select() on it.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._doorbell[1], b"\0")
 
     def close(self) -> None:
         self._close_local()
+        for fd in self._doorbell:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._doorbell = (-1, -1)
 
 
 class AsyncGuestRing:
