@@ -23,6 +23,7 @@ from pyxenstored.client import (
     WatchEvent,
     commands,
 )
+from pyxenstored.client.commands import Request
 from pyxenstored.client.transport import CHUNK, AsyncUnixTransport
 from pyxenstored.errors import (
     AlreadyExists,
@@ -33,6 +34,7 @@ from pyxenstored.errors import (
     NoEntry,
     TooBig,
     TransactionConflict,
+    XsError,
 )
 from pyxenstored.perms import Access, Perm
 from pyxenstored.wire import HEADER, Op
@@ -526,3 +528,34 @@ def test_sync_and_async_facades_offer_the_same_methods() -> None:
         return {name for name in vars(cls) if not name.startswith("_")}
 
     assert public(Client) - {"close"} == public(AsyncClient) - {"aclose", "connect"}
+
+
+def _pipeline_requests() -> list[Request]:
+    requests = [Request(Op.WRITE, b"/pipe/k%d\0v%d" % (i, i)) for i in range(300)]
+    requests.append(Request(Op.READ, b"/pipe/missing\0"))
+    requests += [Request(Op.READ, b"/pipe/k%d\0" % i) for i in range(300)]
+    return requests
+
+
+def _check_pipeline(results: list[bytes | XsError]) -> None:
+    assert len(results) == 601
+    assert results[:300] == [b"OK\0"] * 300
+    assert isinstance(results[300], NoEntry)
+    assert results[301:] == [b"v%d" % i for i in range(300)]
+
+
+def test_sync_pipeline_answers_in_order(daemon: RunningDaemon) -> None:
+    with Client(str(daemon.socket)) as client:
+        _check_pipeline(client.pipeline(_pipeline_requests()))
+        # The connection is still in step afterwards.
+        assert client.read("/pipe/k7") == b"v7"
+
+
+def test_async_pipeline_answers_in_order(daemon: RunningDaemon) -> None:
+    async def run() -> None:
+        async with AsyncClient(str(daemon.socket)) as client:
+            _check_pipeline(await client.pipeline(_pipeline_requests()))
+            assert await client.pipeline([]) == []
+            assert await client.read("/pipe/k7") == b"v7"
+
+    asyncio.run(run())

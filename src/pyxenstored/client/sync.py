@@ -10,7 +10,7 @@ hands them out (reading more when the queue is empty).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -80,6 +80,47 @@ class Client:
             self._protocol.forget(req_id)
             raise
         return reply
+
+    def pipeline(
+        self, requests: Sequence[Request], tx: int = 0
+    ) -> list[bytes | XsError]:
+        """Send many single-reply requests in one write; collect every reply.
+
+        Keep a batch to a few hundred requests: they must fit the socket
+        buffer while the daemon's replies wait to be read.
+
+        Returns:
+            Each reply payload, or the :class:`~pyxenstored.errors.XsError`
+            the daemon answered, in the order of ``requests``.
+        """
+        if self._closed:
+            raise ConnectionClosed("client closed")
+        ids = []
+        chunks = []
+        for request in requests:
+            req_id, data = self._protocol.send(request.op, request.payload, tx)
+            ids.append(req_id)
+            chunks.append(data)
+        results: list[bytes | XsError] = []
+        try:
+            self._transport.send_all(b"".join(chunks))
+            for req_id in ids:
+                while True:
+                    try:
+                        reply = self._protocol.reply(req_id)
+                    except XsError as exc:
+                        results.append(exc)
+                        break
+                    if reply is NEED_DATA:
+                        self._receive()
+                        continue
+                    results.append(reply)
+                    break
+        except BaseException:
+            for req_id in ids[len(results) :]:
+                self._protocol.forget(req_id)
+            raise
+        return results
 
     def _run(self, flow: Flow[T], tx: int = 0) -> T:
         """Drive a command flow: send what it yields, feed it the replies."""
