@@ -125,7 +125,23 @@ def do_directory(
 ) -> bytes:
     path = canonical(engine, conn, one_arg(packet.payload))
     node = tree.directory(_view(engine, tx), conn, path)
-    return "".join(f"{name}\0" for name in node.children).encode(ENCODING)
+    return _listing(node, cache=tx is None)
+
+
+def _listing(node: Node, *, cache: bool) -> bytes:
+    """``child\0`` for every child, kept while the node is unchanged.
+
+    Only committed nodes are cached: their generation changes with every
+    modification, so it tells when the listing is stale.  A transaction's
+    private copy keeps the committed generation while it changes, so it is
+    never cached.
+    """
+    if cache and node.listing is not None and node.listing[0] == node.generation:
+        return node.listing[1]
+    listing = "".join(f"{name}\0" for name in node.children).encode(ENCODING)
+    if cache:
+        node.listing = (node.generation, listing)
+    return listing
 
 
 def do_directory_part(
@@ -137,7 +153,7 @@ def do_directory_part(
     path = canonical(engine, conn, args[0])
     offset = _parse_number(args[1])
     node = tree.directory(_view(engine, tx), conn, path)
-    listing = "".join(f"{name}\0" for name in node.children).encode(ENCODING)
+    listing = _listing(node, cache=tx is None)
     head = f"{node.generation}\0".encode()
     if offset >= len(listing):
         return head + b"\0"

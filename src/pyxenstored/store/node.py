@@ -17,7 +17,7 @@ class Node:
     width (``/local/domain`` on a big host).
     """
 
-    __slots__ = ("acct", "children", "generation", "perms", "value")
+    __slots__ = ("acct", "children", "generation", "listing", "perms", "value")
 
     def __init__(
         self,
@@ -33,6 +33,8 @@ class Node:
         self.generation = generation
         #: Bytes charged to the owner's memory account for this node.
         self.acct = 0
+        #: ``(generation, encoded child list)`` kept by DIRECTORY.
+        self.listing: tuple[int, bytes] | None = None
 
     def copy(self) -> Node:
         """A private copy for a transaction (children copied, the rest shared)."""
