@@ -61,6 +61,8 @@ class EmulatedHost:
         #: Ring clients by daemon-side port, and ports by domid.
         self.by_port: dict[int, RingClient] = {}
         self.port_of: dict[int, int] = {}
+        #: Sockets connected to each guest's ``notify-N``.
+        self._senders: dict[int, socket.socket] = {}
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, name)
@@ -101,6 +103,8 @@ class EmulatedHost:
         for client in list(self.by_port.values()):
             client.close()
         self.by_port.clear()
+        for domid in list(self._senders):
+            self._forget_sender(domid)
         if self._sock is not None:
             loop.remove_reader(self._sock.fileno())
             self._sock.close()
@@ -224,6 +228,7 @@ class EmulatedHost:
             client.reset()
 
     def detach(self, conn: Connection) -> None:
+        self._forget_sender(conn.domid)
         port = self.port_of.pop(conn.domid, None)
         client = self.by_port.pop(port, None) if port is not None else None
         self.daemon.clients.pop(conn.id, None)
@@ -233,12 +238,29 @@ class EmulatedHost:
             os.unlink(self._path(f"port-{conn.domid}"))
 
     def _notify(self, domid: int, port: int) -> None:
-        if self._sock is None:
-            return
+        """Kick domain ``domid``: its port number to ``DIR/notify-N``.
+
+        Through a socket connected to the guest's, kept per domain: a
+        ``sendto`` by path looks the path up on every kick.  When the guest
+        re-binds its socket (a new boot, a migration) the send fails and
+        the next kick connects again.  A kick nobody receives is dropped:
+        both sides re-check the indices anyway.
+        """
+        sender = self._senders.get(domid)
         try:
-            self._sock.sendto(KICK.pack(port), self._path(f"notify-{domid}"))
+            if sender is None:
+                sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                sender.setblocking(False)
+                self._senders[domid] = sender
+                sender.connect(self._path(f"notify-{domid}"))
+            sender.send(KICK.pack(port))
         except OSError as error:
-            # Nobody bound, or the guest's queue is full: a lost kick is
-            # harmless, both sides re-check the indices.
+            if error.errno != errno.EAGAIN:  # EAGAIN: its queue is full
+                self._forget_sender(domid)
             if error.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
                 log.debug("dom%d: kick failed: %s", domid, error)
+
+    def _forget_sender(self, domid: int) -> None:
+        sender = self._senders.pop(domid, None)
+        if sender is not None:
+            sender.close()

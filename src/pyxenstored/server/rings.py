@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from pyxenstored.engine.connections import Connection
 from pyxenstored.errors import RemoteProtocolError
+from pyxenstored.store.quota import Limits
 from pyxenstored.wire.decoder import NEED_DATA, PacketDecoder
 from pyxenstored.wire.ops import Op
 from pyxenstored.wire.packet import HEADER
@@ -129,18 +130,23 @@ class RingClient:
 
     # -- quotas ----------------------------------------------------------------
 
-    def _may_dispatch(self) -> bool:
+    def _limits(self) -> Limits | None:
+        """The domain's quotas (None: privileged, no quota applies)."""
+        if self.conn.privileged:
+            return None
+        return self.daemon.engine.quotas.for_domain(self.conn.domid)
+
+    def _may_dispatch(self, limits: Limits | None) -> bool:
         """Whether the next complete request may be handled now."""
         if self.ignored or self.closed:
             return False
-        if self.conn.privileged:
+        if limits is None:
             return True
-        limits = self.daemon.engine.quotas.for_domain(self.conn.domid)
         if limits.outstanding and self.outstanding >= limits.outstanding:
             return False
         return not (limits.memory and self.queued >= limits.memory)
 
-    def _read_limit(self) -> int:
+    def _read_limit(self, limits: Limits | None) -> int:
         """How many request bytes to take off the ring now (0: none).
 
         Only what completes the message being received, as C does: a
@@ -148,13 +154,12 @@ class RingClient:
         a message boundary, MIGRATION.md a.3), and the outstanding quota
         pauses reading exactly at a request.
         """
-        if self.ring is None or self.decoder.complete():
+        missing = self.decoder.missing()
+        if not missing or self.ring is None:
             return 0
-        if self.quiesce is not Quiesce.ACTIVE and not self.decoder.partial:
-            return 0
-        if self.quiesce is Quiesce.ACTIVE and not self._may_dispatch():
-            return 0
-        return self.decoder.wanted()
+        if self.quiesce is not Quiesce.ACTIVE:
+            return missing if self.decoder.partial else 0
+        return missing if self._may_dispatch(limits) else 0
 
     def _event_timeout(self) -> float:
         """Seconds an event may wait for this guest (0: for ever)."""
@@ -266,6 +271,10 @@ class RingClient:
         if ring is None:
             return
         engine = self.daemon.engine
+        decoder = self.decoder
+        limits = self._limits()
+        if self._queue and self._event_timeout() and self.quiesce is Quiesce.ACTIVE:
+            self._discard_expired()
         kicked = False
         try:
             while True:
@@ -276,25 +285,25 @@ class RingClient:
                 ):
                     self._reconnect()
                     kicked = True
-                if self._queue:
-                    if self._event_timeout() and self.quiesce is Quiesce.ACTIVE:
-                        self._discard_expired()
-                    if self._write(ring):
-                        progress = kicked = True
-                if self.decoder.complete() and self._may_dispatch():
-                    packet = self.decoder.next_packet()
+                # Take what completes the message being received: its header,
+                # then its payload, in one go when both are in the ring.
+                while limit := self._read_limit(limits):
+                    data = ring.read_requests(limit)
+                    if not data:
+                        break
+                    progress = kicked = True
+                    decoder.receive_data(data)
+                if not decoder.missing() and self._may_dispatch(limits):
+                    packet = decoder.next_packet()
                     assert packet is not NEED_DATA
                     progress = True
                     if self.daemon.tracer is not None:
                         self.daemon.tracer.request(self.name, packet)
                     engine.handle(self.conn, packet)
                     self.daemon.flush()
-                limit = self._read_limit()
-                if limit:
-                    data = ring.read_requests(limit)
-                    if data:
-                        progress = kicked = True
-                        self.decoder.receive_data(data)
+                    limits = self._limits()  # SET_QUOTA may have changed them
+                if self._queue and self._write(ring):
+                    progress = kicked = True
                 if not progress:
                     break
         except RingCorrupt as error:

@@ -55,6 +55,21 @@ class PacketDecoder:
         length: int = HEADER.unpack_from(buf)[3]
         return length > PAYLOAD_MAX or len(buf) >= HEADER_SIZE + length
 
+    def missing(self) -> int:
+        """Bytes still needed to complete the message being received.
+
+        0 when a whole message (or a header announcing too much) is
+        buffered; a header's worth when nothing is.
+        """
+        buf = self._buf
+        have = len(buf)
+        if have < HEADER_SIZE:
+            return HEADER_SIZE - have
+        length: int = HEADER.unpack_from(buf)[3]
+        if length > PAYLOAD_MAX:
+            return 0
+        return max(HEADER_SIZE + length - have, 0)
+
     def wanted(self) -> int:
         """How many more bytes complete the message now being received.
 
