@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pyxenstored.paths import parent_of
-from pyxenstored.store.node import node_bytes
+from pyxenstored.store.node import NO_CHILDREN, node_bytes
 from pyxenstored.watches import watch_bytes
 
 if TYPE_CHECKING:
@@ -22,6 +22,8 @@ __all__ = ["audit"]
 def audit(engine: Engine) -> list[str]:
     """Return a description of every inconsistency found (empty if none)."""
     problems: list[str] = []
+    if NO_CHILDREN:
+        problems.append(f"the shared empty child list was modified: {NO_CHILDREN}")
     nodes = engine.store.nodes
     if "/" not in nodes:
         return ["the root node is missing"]

@@ -6,7 +6,13 @@ from typing import NamedTuple
 
 from pyxenstored.perms import Perms
 
-__all__ = ["Change", "Node", "node_bytes", "node_size"]
+__all__ = ["NO_CHILDREN", "Change", "Node", "node_bytes", "node_size"]
+
+
+#: The children of every leaf: one shared empty dict, never modified
+#: (:meth:`Node.add_child` replaces it first).  Most nodes are leaves, and
+#: an empty dict per node costs 64 bytes.
+NO_CHILDREN: dict[str, None] = {}
 
 
 class Node:
@@ -28,7 +34,7 @@ class Node:
     ) -> None:
         self.value = value
         self.perms = perms
-        self.children: dict[str, None] = {} if children is None else children
+        self.children: dict[str, None] = NO_CHILDREN if children is None else children
         #: Stamped from the store's global counter on every modification.
         self.generation = generation
         #: Bytes charged to the owner's memory account for this node.
@@ -38,9 +44,15 @@ class Node:
 
     def copy(self) -> Node:
         """A private copy for a transaction (children copied, the rest shared)."""
-        copy = Node(self.value, self.perms, dict(self.children), self.generation)
+        children = dict(self.children) if self.children else None
+        copy = Node(self.value, self.perms, children, self.generation)
         copy.acct = self.acct
         return copy
+
+    def add_child(self, name: str) -> None:
+        if self.children is NO_CHILDREN:
+            self.children = {}
+        self.children[name] = None
 
     def __repr__(self) -> str:
         return (

@@ -15,6 +15,7 @@ as it was at that first access.
 
 from __future__ import annotations
 
+import sys
 from typing import Protocol
 
 from pyxenstored.errors import (
@@ -94,6 +95,10 @@ class View(Protocol):
         """Remember a change that may fire watches."""
 
 
+#: How many distinct permission lists :class:`Store` shares at most.
+_PERM_LISTS_SHARED = 65536
+
+
 class Store:
     """The committed tree, the special nodes and per-owner node counts."""
 
@@ -105,6 +110,10 @@ class Store:
         self.owner_counts: dict[int, int] = {}
         #: The node part of each owner's memory account (:func:`node_bytes`).
         self.owner_bytes: dict[int, int] = {}
+        #: Identical permission lists shared by all the nodes that have them
+        #: (most nodes of a domain do): bounded, so a guest setting many
+        #: distinct lists only stops the sharing.
+        self._perm_lists: dict[Perms, Perms] = {}
         #: Changes made since the engine last collected them.
         self.changes: list[Change] = []
         none_priv: Perms = (Perm(Access.NONE, priv_domid),)
@@ -125,8 +134,17 @@ class Store:
         self.generation += 1
         node.generation = self.generation
 
+    def _share(self, node: Node) -> None:
+        pool = self._perm_lists
+        perms = pool.get(node.perms)
+        if perms is not None:
+            node.perms = perms
+        elif len(pool) < _PERM_LISTS_SHARED:
+            pool[node.perms] = node.perms
+
     def touched(self, path: str, node: Node) -> None:
         self._stamp(node)
+        self._share(node)
         charge = node_bytes(path, node)
         self._charge(node.perms[0].domid, charge - node.acct)
         node.acct = charge
@@ -149,6 +167,7 @@ class Store:
 
     def created(self, path: str, node: Node) -> None:
         self._stamp(node)
+        self._share(node)
         self.nodes[path] = node
         owner = node.perms[0].domid
         self._count(owner, 1)
@@ -192,6 +211,7 @@ class Store:
         node.acct = node_bytes(path, node)
         self._charge(owner, node.acct)
         self._stamp(node)
+        self._share(node)
         self.nodes[path] = node
 
     def remove(self, path: str) -> None:
@@ -324,11 +344,12 @@ def _create(
         cost = len(value) + sum(node_bytes(p, Node(b"", perms)) for p in missing)
         _check_memory(view, quotas, caller, caller.domid, cost)
     first = missing[-1]
-    parent.children[first[first.rfind("/") + 1 :]] = None
+    # Child names repeat across domains ("state", "backend"...): share them.
+    parent.add_child(sys.intern(first[first.rfind("/") + 1 :]))
     view.touched(ancestor, parent)
     for i in range(len(missing) - 1, 0, -1):
         child = missing[i - 1]
-        name = child[child.rfind("/") + 1 :]
+        name = sys.intern(child[child.rfind("/") + 1 :])
         view.created(missing[i], Node(b"", perms, {name: None}))
     view.created(path, Node(value, perms))
     view.record(Change(path, False, (perms,)))
