@@ -74,8 +74,17 @@ class AsyncClient:
         async with self._connect_lock:  # concurrent first requests
             if self._reader is None:  # still (mypy cannot know: we awaited)
                 if self._transport is None:
-                    self._transport = await AsyncUnixTransport.connect(self._path)
+                    transport = await AsyncUnixTransport.connect(self._path)
+                    if self._was_closed():  # aclose() ran while we connected
+                        await transport.aclose()
+                        raise ConnectionClosed("client closed")
+                    self._transport = transport
                 self._reader = asyncio.create_task(self._read_loop(self._transport))
+
+    def _was_closed(self) -> bool:
+        # A method, not the attribute: an await may have changed it, which
+        # type narrowing of ``self._closed`` would hide.
+        return self._closed
 
     async def _read_loop(self, transport: AsyncTransport) -> None:
         reason = "xenstored closed the connection"

@@ -33,6 +33,7 @@ from pyxenstored.engine.domains import (
     DomainInfo,
     DomainState,
     Hypervisor,
+    reap_unintroduced,
     release_changes,
 )
 from pyxenstored.engine.features import DEFAULT_DOMAIN_FEATURES
@@ -156,7 +157,9 @@ class Engine:
         if self._domain_exists is not None:
             return self._domain_exists(domid)
         if self.hypervisor is not None:
-            return self.hypervisor.domain_state(domid) is not DomainState.GONE
+            # A dying domain is as good as gone: rights given to it now would
+            # survive its clean-up and pass to the next domain with its domid.
+            return self.hypervisor.domain_state(domid) is DomainState.RUNNING
         return domid in self.introduced
 
     # -- domains ----------------------------------------------------------------
@@ -222,6 +225,7 @@ class Engine:
         for domid in list(self.staged):
             if self.hypervisor.domain_state(domid) is not DomainState.RUNNING:
                 del self.staged[domid]
+        self.fire(reap_unintroduced(self))
 
     def remove_subtree(self, path: str) -> None:
         """Remove a node and its subtree as the privileged domain."""

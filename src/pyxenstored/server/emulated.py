@@ -61,8 +61,6 @@ class EmulatedHost:
         #: Ring clients by daemon-side port, and ports by domid.
         self.by_port: dict[int, RingClient] = {}
         self.port_of: dict[int, int] = {}
-        #: Sockets connected to each guest's ``notify-N``.
-        self._senders: dict[int, socket.socket] = {}
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, name)
@@ -103,8 +101,6 @@ class EmulatedHost:
         for client in list(self.by_port.values()):
             client.close()
         self.by_port.clear()
-        for domid in list(self._senders):
-            self._forget_sender(domid)
         if self._sock is not None:
             loop.remove_reader(self._sock.fileno())
             self._sock.close()
@@ -225,10 +221,10 @@ class EmulatedHost:
     def reset(self, conn: Connection) -> None:
         client = self.daemon.clients.get(conn.id)
         if isinstance(client, RingClient):
-            client.reset()
+            # The page's indices stay as they are (MIGRATION.md a.6).
+            client.reset(keep_partial=True)
 
     def detach(self, conn: Connection) -> None:
-        self._forget_sender(conn.domid)
         port = self.port_of.pop(conn.domid, None)
         client = self.by_port.pop(port, None) if port is not None else None
         self.daemon.clients.pop(conn.id, None)
@@ -240,27 +236,14 @@ class EmulatedHost:
     def _notify(self, domid: int, port: int) -> None:
         """Kick domain ``domid``: its port number to ``DIR/notify-N``.
 
-        Through a socket connected to the guest's, kept per domain: a
-        ``sendto`` by path looks the path up on every kick.  When the guest
-        re-binds its socket (a new boot, a migration) the send fails and
-        the next kick connects again.  A kick nobody receives is dropped:
-        both sides re-check the indices anyway.
+        By path on every kick, as EMULATION.md says: a guest may re-bind its
+        socket at any time (a new boot, a migration).  A kick nobody
+        receives is dropped: both sides re-check the indices anyway.
         """
-        sender = self._senders.get(domid)
+        if self._sock is None:
+            return
         try:
-            if sender is None:
-                sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                sender.setblocking(False)
-                self._senders[domid] = sender
-                sender.connect(self._path(f"notify-{domid}"))
-            sender.send(KICK.pack(port))
+            self._sock.sendto(KICK.pack(port), self._path(f"notify-{domid}"))
         except OSError as error:
-            if error.errno != errno.EAGAIN:  # EAGAIN: its queue is full
-                self._forget_sender(domid)
             if error.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
                 log.debug("dom%d: kick failed: %s", domid, error)
-
-    def _forget_sender(self, domid: int) -> None:
-        sender = self._senders.pop(domid, None)
-        if sender is not None:
-            sender.close()

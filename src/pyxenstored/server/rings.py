@@ -399,13 +399,25 @@ class RingClient:
         self.daemon.engine.reset_connection(self.conn)
         self.reset()
 
-    def reset(self) -> None:
-        """Forget partial input and every queued message."""
+    def reset(self, *, keep_partial: bool = False) -> None:
+        """Forget partial input and every queued message.
+
+        With ``keep_partial`` a message already partly written into the
+        ring is kept (and finished): the indices are not reset then (a
+        repeated INTRODUCE), and cutting it would misframe the guest's
+        stream for good.
+        """
         self.decoder.clear()
+        first = self._queue[0] if keep_partial and self._offset else None
         self._queue.clear()
-        self._offset = 0
         self.queued = 0
         self.outstanding = 0
+        if first is None:
+            self._offset = 0
+            return
+        self._queue.append(first)
+        self.queued = len(first.data) - self._offset
+        self.outstanding = int(first.is_reply)
 
     def _reconnect(self) -> None:
         """The guest asked for a reset (RING.md 6), done the way O does it."""
