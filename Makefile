@@ -2,6 +2,12 @@
 #
 #   make test    install everything the tests need, then lint, type-check, test
 #   make demo    run the demonstration (a daemon, the CLI; see README.md)
+#   make bench   benchmark against C xenstored and oxenstored (~9 minutes;
+#                BENCH_ARGS=--quick for ~1; see docs/benchmarks.md)
+#   make fuzz    the protocol fuzzer, long version (FUZZ_EXAMPLES=10000, about
+#                four minutes; see docs/security.md)
+#   make soak    200 socket clients and 100 guests on one daemon (SOAK_SECONDS=60,
+#                about two minutes; see docs/security.md)
 #
 # Needs Debian (root, for apt) and Python >= 3.11.  The real C xenstored and
 # the Debian client tools come from ../shared/peers (see its README).
@@ -11,8 +17,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PEERS ?= ../shared/peers
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+FUZZ_EXAMPLES ?= 10000
+SOAK_SECONDS ?= 60
 
-.PHONY: test lint typecheck pytest deps peers demo bench clean
+.PHONY: test lint typecheck pytest deps peers demo bench fuzz soak clean
 
 test: lint typecheck pytest
 
@@ -47,6 +57,23 @@ pytest: deps
 
 demo: deps
 	$(PY) -m pyxenstored.demo
+
+# matplotlib, for the plots only: the `bench` dependency group.
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install -q --group bench
+	touch $@
+
+bench: deps $(BENCH_STAMP)
+	PEERS=$(PEERS) $(PY) -m bench.run $(BENCH_ARGS)
+
+# Not part of `make test`: the normal run plays the fuzzer's fixed CI set.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=dev FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+		$(PY) -bb -m pytest tests/fuzz
+
+soak: $(STAMP)
+	PYXS_SOAK=1 SOAK_SECONDS=$(SOAK_SECONDS) \
+		$(PY) -bb -m pytest -s tests/soak/soak_test.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

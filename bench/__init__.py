@@ -1,0 +1,1 @@
+"""pyxenstored's benchmark harness: ``make bench`` runs :mod:`bench.run`."""
