@@ -5,7 +5,7 @@ nodes) and 100 watches is migrated between two pyxenstored daemons while
 its guest keeps working.  Reported per run: QUIESCE + save on the source,
 restore on the destination, QUIESCE-to-running (the domain's downtime as
 far as xenstore is concerned) and the guest-visible pause (the longest
-single request the guest saw).  Targets (issue): save + restore under
+single request the guest saw).  Targets: save + restore under
 100 ms, pause under 50 ms.
 
     .venv/bin/python -m bench.migration [--runs 5] [--nodes 1000] [--watches 100]

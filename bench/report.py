@@ -389,7 +389,7 @@ def scale_tables(res: Results) -> list[str]:
 
 
 def targets_table(res: Results) -> list[str]:
-    """Issue 5's targets, each with the measured figure and a verdict."""
+    """The performance targets, each with the measured figure and a verdict."""
     rows: list[tuple[str, str, str]] = []
 
     def micro(test: str, n: int, field: str, kind: str) -> float | None:
@@ -487,7 +487,7 @@ def targets_table(res: Results) -> list[str]:
                 )
             )
     lines = [
-        "| target (issue 5) | measured | verdict |",
+        "| target | measured | verdict |",
         "|---|---|---|",
         *(f"| {a} | {b} | {c} |" for a, b, c in rows),
     ]
