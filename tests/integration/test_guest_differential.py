@@ -52,6 +52,7 @@ from pyxenstored.perms import Perm
 from pyxenstored.sim.ring import GuestRing, HostDir
 from pyxenstored.sim.toolstack import Toolstack, domain_skeleton
 from tests.conftest import CDaemon, OxDaemon, RunningDaemon
+from tests.ringtools import drain
 
 DOMID = 5
 HOME = f"/local/domain/{DOMID}"
@@ -102,18 +103,6 @@ class Record:
         except (BrokenConnection, RemoteProtocolError) as error:
             return self.add(name, f"broken: {error}")
         return self.add(name, _plain(value))
-
-
-def drain(client: Client) -> list[tuple[str, str]]:
-    """Every event queued to ``client`` so far (barrier, then no waiting)."""
-    client.get_domain_path(0)
-    events: list[tuple[str, str]] = []
-    while True:
-        try:
-            event = client.wait_watch(timeout=0)
-        except TimeoutError:
-            return events
-        events.append((event.path, event.token))
 
 
 def walk(client: Client, path: str) -> Iterator[str]:

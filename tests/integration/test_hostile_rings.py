@@ -28,8 +28,6 @@ RING.md prescribes:
 
 from __future__ import annotations
 
-import mmap
-import os
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +41,7 @@ from pyxenstored.sim.ring import GuestRing, HostDir
 from pyxenstored.sim.toolstack import Toolstack
 from pyxenstored.wire.ops import Op
 from tests.conftest import RunningDaemon
+from tests.ringtools import Page, drain
 
 BAD = 1
 GOOD = 2
@@ -60,28 +59,6 @@ TIMEOUT = 10.0
 
 
 # -- helpers ------------------------------------------------------------------
-
-
-class Page:
-    """Direct access to a domain's ring page, as a malicious guest has."""
-
-    def __init__(self, directory: Path, domid: int) -> None:
-        fd = os.open(directory / f"ring-{domid}", os.O_RDWR)
-        try:
-            self._map = mmap.mmap(fd, 4096, mmap.MAP_SHARED)
-        finally:
-            os.close(fd)
-        self.words = memoryview(self._map).cast("I")
-
-    def __getitem__(self, word: int) -> int:
-        return int(self.words[word])
-
-    def __setitem__(self, word: int, value: int) -> None:
-        self.words[word] = value & 0xFFFFFFFF
-
-    def close(self) -> None:
-        self.words.release()
-        self._map.close()
 
 
 def request(op: Op, payload: bytes, req_id: int = 1, tx_id: int = 0) -> bytes:
@@ -114,18 +91,6 @@ def wait_until(check: Callable[[], bool], what: str) -> None:
     while not check():
         assert time.monotonic() < deadline, f"not within {TIMEOUT} s: {what}"
         time.sleep(0.01)
-
-
-def drain(client: Client) -> list[tuple[str, str]]:
-    """Events queued to ``client`` so far (barrier request, no waiting)."""
-    client.get_domain_path(0)
-    events: list[tuple[str, str]] = []
-    while True:
-        try:
-            event = client.wait_watch(timeout=0)
-        except TimeoutError:
-            return events
-        events.append((event.path, event.token))
 
 
 def rss_kib(pid: int) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import mmap
 import os
 import re
 import shutil
@@ -59,7 +58,9 @@ from pyxenstored.sim.ring import GuestRing, HostDir
 from pyxenstored.sim.toolstack import Toolstack, backend_entries
 from pyxenstored.sim.workload import GuestWorkload, guest_watches
 from pyxenstored.wire.ops import Op
+from tests import ringtools
 from tests.conftest import RunningDaemon
+from tests.ringtools import drain
 
 DOMID = 5
 HOME = f"/local/domain/{DOMID}"
@@ -185,29 +186,14 @@ class RawDom0:
         self.sock.close()
 
 
-class Page:
+class Page(ringtools.Page):
     """A domain's ring page, looked at (and written) the way the guest can."""
 
     def __init__(self, directory: Path, domid: int = DOMID) -> None:
-        fd = os.open(directory / f"ring-{domid}", os.O_RDWR)
-        try:
-            self._map = mmap.mmap(fd, 4096, mmap.MAP_SHARED)
-        finally:
-            os.close(fd)
-        self.words = memoryview(self._map).cast("I")
-
-    def __getitem__(self, word: int) -> int:
-        return int(self.words[word])
-
-    def snapshot(self) -> bytes:
-        return bytes(self._map)
+        super().__init__(directory, domid)
 
     def unread_requests(self) -> int:
         return (self[REQ_PROD] - self[REQ_CONS]) & 0xFFFFFFFF
-
-    def close(self) -> None:
-        self.words.release()
-        self._map.close()
 
 
 class RawGuest:
@@ -272,18 +258,6 @@ def build_domain(daemon: RunningDaemon, domid: int = DOMID) -> None:
     """libxl's skeleton for the domain, its ring page, INTRODUCE."""
     with dom0(daemon) as c:
         Toolstack(c, hostdir(daemon)).create_domain(domid, gfn=GFN, port=PORT)
-
-
-def drain(client: Client) -> list[tuple[str, str]]:
-    """Events queued to ``client`` so far (barrier request, no waiting)."""
-    client.get_domain_path(0)
-    events: list[tuple[str, str]] = []
-    while True:
-        try:
-            event = client.wait_watch(timeout=0)
-        except TimeoutError:
-            return events
-        events.append((event.path, event.token))
 
 
 def subtree(c: Client, domid: int) -> dict[str, tuple[bytes, list[str]]]:

@@ -17,8 +17,6 @@ attack each advisory describes.
 
 from __future__ import annotations
 
-import mmap
-import os
 import socket
 import struct
 import time
@@ -44,6 +42,7 @@ from pyxenstored.sim.ring import GuestRing, HostDir
 from pyxenstored.sim.toolstack import Toolstack
 from pyxenstored.wire.ops import Op
 from tests.conftest import RunningDaemon
+from tests.ringtools import Page, drain
 
 #: Bound on every wait in this file.
 TIMEOUT = 10.0
@@ -112,40 +111,6 @@ def frame(op: int, payload: bytes, req_id: int = 1, tx_id: int = 0) -> bytes:
 
 def args(*strings: str) -> bytes:
     return b"".join(s.encode() + b"\0" for s in strings)
-
-
-def drain(client: Client) -> list[tuple[str, str]]:
-    """Events queued to ``client`` so far (a barrier request, no waiting)."""
-    client.get_domain_path(0)
-    events: list[tuple[str, str]] = []
-    while True:
-        try:
-            event = client.wait_watch(timeout=0)
-        except TimeoutError:
-            return events
-        events.append((event.path, event.token))
-
-
-class Page:
-    """Direct access to a domain's ring page, as a malicious guest has."""
-
-    def __init__(self, directory: Path, domid: int) -> None:
-        fd = os.open(directory / f"ring-{domid}", os.O_RDWR)
-        try:
-            self._map = mmap.mmap(fd, 4096, mmap.MAP_SHARED)
-        finally:
-            os.close(fd)
-        self.words = memoryview(self._map).cast("I")
-
-    def __getitem__(self, word: int) -> int:
-        return int(self.words[word])
-
-    def __setitem__(self, word: int, value: int) -> None:
-        self.words[word] = value & 0xFFFFFFFF
-
-    def close(self) -> None:
-        self.words.release()
-        self._map.close()
 
 
 class RawGuest:
