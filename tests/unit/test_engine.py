@@ -139,7 +139,7 @@ class World:
     def snapshot(self) -> dict[str, tuple[bytes, list[str], list[str], int]]:
         return {
             path: (n.value, [str(p) for p in n.perms], list(n.children), n.generation)
-            for path, n in self.engine.store.nodes.items()
+            for path, n in self.engine.store.walk()
         }
 
 

@@ -81,7 +81,9 @@ class World:
         return int(self.ok(conn, Op.TRANSACTION_START, b"\0")[:-1])
 
     def perms(self, path: str) -> list[str]:
-        return [str(p) for p in self.engine.store.nodes[path].perms]
+        node = self.engine.store.get(path)
+        assert node is not None, f"{path} is missing"
+        return [str(p) for p in node.perms]
 
     def dies(self, domid: int) -> None:
         """What destroy_domain does for the store: the domain's clean-up."""
@@ -109,7 +111,7 @@ def test_release_makes_transactions_naming_the_domain_conflict(world: World) -> 
     world.ok(d0, Op.SET_PERMS, b"/unrelated\0n0\0r2\0", other)
     world.dies(1)
     assert world.call(d0, Op.TRANSACTION_END, b"T\0", naming) == b"EAGAIN\0"
-    assert "/made" not in world.engine.store.nodes
+    assert world.engine.store.get("/made") is None
     assert world.perms("/x") == ["n0"]
     assert world.ok(d0, Op.TRANSACTION_END, b"T\0", other) == OK
     assert world.perms("/unrelated") == ["n0", "r2"]
@@ -161,7 +163,7 @@ def test_reap_forgets_dead_domains_that_were_never_introduced(world: World) -> N
     assert reap_unintroduced(engine) == []  # 5 is alive: nothing to do
     world.running.discard(5)
     engine.fire(reap_unintroduced(engine))
-    assert "/local/domain/5/own" not in engine.store.nodes
+    assert engine.store.get("/local/domain/5/own") is None
     assert world.perms("/backend") == ["n0", "r2", "r9"]
     assert engine.quotas.for_domain(5).nodes == 1000
     assert 5 not in engine.feature_overrides
@@ -181,7 +183,7 @@ def test_deep_trees_are_walked_without_recursion(world: World) -> None:
         tx = world.start(d0)
         world.ok(d0, Op.RM, b"/d\0", tx)
         world.ok(d0, Op.TRANSACTION_END, b"T\0", tx)
-        assert "/d" not in world.engine.store.nodes
+        assert world.engine.store.get("/d") is None
         world.ok(d0, Op.WRITE, deepest + b"\0v")
         world.running.add(1)
         world.ok(d0, Op.SET_PERMS, b"/d\0n1\0")
@@ -189,5 +191,5 @@ def test_deep_trees_are_walked_without_recursion(world: World) -> None:
         world.dies(1)
     finally:
         sys.setrecursionlimit(limit)
-    assert "/d" not in world.engine.store.nodes
-    assert len(world.engine.store.nodes) == 3
+    assert world.engine.store.get("/d") is None
+    assert len(world.engine.store) == 3

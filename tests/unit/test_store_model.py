@@ -401,7 +401,7 @@ class StoreMachine(RuleBasedStateMachine):
     def engine_state(self) -> dict[str, tuple[bytes, list[str], list[str], int]]:
         return {
             path: (n.value, [str(p) for p in n.perms], list(n.children), n.generation)
-            for path, n in self.engine.store.nodes.items()
+            for path, n in self.engine.store.walk()
         }
 
     def send(
@@ -608,7 +608,7 @@ class StoreMachine(RuleBasedStateMachine):
     def tree_matches_the_model(self) -> None:
         got = {
             path: (n.value, [str(p) for p in n.perms], list(n.children))
-            for path, n in self.engine.store.nodes.items()
+            for path, n in self.engine.store.walk()
         }
         want = {
             path: (n.value, [f"{letter}{d}" for letter, d in n.perms], n.children)
@@ -618,15 +618,17 @@ class StoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def every_node_hangs_from_its_parent(self) -> None:
-        nodes = self.engine.store.nodes
-        assert "/" in nodes
+        store = self.engine.store
+        nodes = dict(store.walk())
+        assert len(nodes) == len(store)
         for path, node in nodes.items():
+            assert store.get(path) is node, f"{path} is not found by its path"
             if path != "/":
                 up = nodes.get(parent(path))
                 assert up is not None, f"{path} has no parent"
-                assert basename(path) in up.children, f"{path} not listed"
-            for name in node.children:
-                assert child_path(path, name) in nodes, f"{path} lists missing {name}"
+                assert up.children.get(basename(path)) is node, f"{path} not linked"
+            for name, child in node.children.items():
+                assert child is not None, f"{path} lists missing {name}"
 
     @invariant()
     def owner_counts_match_a_recount(self) -> None:

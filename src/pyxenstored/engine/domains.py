@@ -196,13 +196,13 @@ def release_changes(engine: Engine, domid: int) -> list[Change]:
     domain created later with the same domid inherits nothing.
     """
     store = engine.store
-    owned = [p for p, n in store.nodes.items() if n.perms[0].domid == domid]
+    owned = [p for p, n in store.walk() if n.perms[0].domid == domid]
     # Shallow paths first; one already removed with an ancestor is skipped.
     owned.sort(key=lambda p: p.count("/"))
     for path in owned:
         if path != "/" and store.get(path) is not None:
             engine.remove_subtree(path)
-    for path, node in store.nodes.items():
+    for path, node in store.walk():
         if any(p.domid == domid for p in node.perms[1:]):
             old = node.perms
             node.perms = (old[0], *(p for p in old[1:] if p.domid != domid))
@@ -241,7 +241,7 @@ def reap_unintroduced(engine: Engine) -> list[Change]:
     store = engine.store
     named = {
         p.domid
-        for node in (*store.nodes.values(), *store.special.values())
+        for node in (*(n for _, n in store.walk()), *store.special.values())
         for p in node.perms
         if not p.stale
     }

@@ -256,10 +256,14 @@ class Engine:
     def report(self) -> dict[str, int]:
         """Sizes for CONTROL ``memreport``."""
         store = self.store
+        value_bytes = path_bytes = 0
+        for path, node in store.walk():
+            value_bytes += len(node.value)
+            path_bytes += len(path)
         return {
-            "nodes": len(store.nodes),
-            "value-bytes": sum(len(n.value) for n in store.nodes.values()),
-            "path-bytes": sum(len(p) for p in store.nodes),
+            "nodes": len(store),
+            "value-bytes": value_bytes,
+            "path-bytes": path_bytes,
             "watches": len(self.watches),
             "connections": len(self.connections),
             "transactions": sum(len(c.transactions) for c in self.connections.values()),

@@ -6,21 +6,29 @@ from typing import NamedTuple
 
 from pyxenstored.perms import Perms
 
-__all__ = ["NO_CHILDREN", "Change", "Node", "node_bytes", "node_size"]
+__all__ = ["NO_CHILDREN", "Change", "Children", "Node", "node_bytes", "node_size"]
 
+
+#: A node's children by name, in creation order.  In the committed tree
+#: each value is the child itself: the tree is its own index, so no node
+#: stores its full path (a flat path -> node table cost about 130 bytes per
+#: node in path strings and table slots).  In a transaction's private copy
+#: the values are only a snapshot, and a child created there is ``None``
+#: until the commit links it (:meth:`~pyxenstored.store.tree.Store.replace`).
+Children = dict[str, "Node | None"]
 
 #: The children of every leaf: one shared empty dict, never modified
 #: (:meth:`Node.add_child` replaces it first).  Most nodes are leaves, and
 #: an empty dict per node costs 64 bytes.
-NO_CHILDREN: dict[str, None] = {}
+NO_CHILDREN: Children = {}
 
 
 class Node:
     """One node: a value, a permission list and an ordered set of children.
 
-    Children are kept in a ``dict`` used as an insertion-ordered set: C
-    lists children in creation order, and a dict gives O(1) removal at any
-    width (``/local/domain`` on a big host).
+    Children are kept in an insertion-ordered ``dict`` (:data:`Children`):
+    C lists children in creation order, and a dict gives O(1) lookup and
+    removal at any width (``/local/domain`` on a big host).
     """
 
     __slots__ = ("acct", "children", "generation", "listing", "perms", "value")
@@ -29,12 +37,12 @@ class Node:
         self,
         value: bytes,
         perms: Perms,
-        children: dict[str, None] | None = None,
+        children: Children | None = None,
         generation: int = 0,
     ) -> None:
         self.value = value
         self.perms = perms
-        self.children: dict[str, None] = NO_CHILDREN if children is None else children
+        self.children: Children = NO_CHILDREN if children is None else children
         #: Stamped from the store's global counter on every modification.
         self.generation = generation
         #: Bytes charged to the owner's memory account for this node.
@@ -49,10 +57,10 @@ class Node:
         copy.acct = self.acct
         return copy
 
-    def add_child(self, name: str) -> None:
+    def add_child(self, name: str, child: Node | None = None) -> None:
         if self.children is NO_CHILDREN:
             self.children = {}
-        self.children[name] = None
+        self.children[name] = child
 
     def __repr__(self) -> str:
         return (

@@ -39,6 +39,10 @@ __all__ = ["Transaction"]
 _CONFLICT = -1
 
 
+def _depth(path: str) -> int:
+    return 0 if path == "/" else path.count("/")
+
+
 class Transaction:
     """One open transaction of one connection."""
 
@@ -82,7 +86,7 @@ class Transaction:
             if self.quotas.exceeded(len(self.accessed) + 1, limit):
                 self.failed = True
                 raise NoSpace("too many nodes in transaction")
-        node = self.store.nodes.get(path)
+        node = self.store.get(path)
         if node is None:
             self.accessed[path] = None
             self.nodes[path] = None
@@ -191,24 +195,29 @@ class Transaction:
         """
         if self.failed:
             raise OutOfMemory("transaction failed earlier")
-        committed = self.store.nodes
+        store = self.store
         for path, generation in self.accessed.items():
-            node = committed.get(path)
+            node = store.get(path)
             if (None if node is None else node.generation) != generation:
                 raise TransactionConflict()
         for domid, delta in self.owner_delta.items():
             if delta <= 0 or domid == self.store.priv_domid:
                 continue
             limit = self.quotas.for_domain(domid).nodes
-            if self.quotas.exceeded(self.store.owned(domid) + delta, limit):
+            if self.quotas.exceeded(store.owned(domid) + delta, limit):
                 raise NoSpace("node quota reached at commit")
         self._check_memory_at_commit()
+        # Removals first, while the committed tree still reaches them; then
+        # the copies, parents before children, so each is linked under the
+        # committed version of its parent (Store.replace).
+        nodes = self.nodes
         for path in self.modified:
-            node = self.nodes[path]
-            if node is None:
-                self.store.remove(path)
-            else:
-                self.store.replace(path, node)
+            if nodes[path] is None:
+                store.remove(path)
+        for path in sorted(self.modified, key=_depth):
+            node = nodes[path]
+            if node is not None:
+                store.replace(path, node)
         # C fires at commit in the order the transaction first accessed the
         # nodes (its list of accessed nodes), not in modification order.
         changes = self.changes

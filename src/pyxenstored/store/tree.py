@@ -16,6 +16,7 @@ as it was at that first access.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from typing import Protocol
 
 from pyxenstored.errors import (
@@ -37,7 +38,7 @@ from pyxenstored.perms import (
     Perms,
     access_for,
 )
-from pyxenstored.store.node import Change, Node, node_bytes, node_size
+from pyxenstored.store.node import NO_CHILDREN, Change, Node, node_bytes, node_size
 from pyxenstored.store.quota import Quotas
 
 __all__ = [
@@ -100,11 +101,22 @@ _PERM_LISTS_SHARED = 65536
 
 
 class Store:
-    """The committed tree, the special nodes and per-owner node counts."""
+    """The committed tree, the special nodes and per-owner node counts.
+
+    The tree is its own index: each node maps its children's names to the
+    children (:data:`~pyxenstored.store.node.Children`), and :meth:`get`
+    walks from the root.  A flat table from full path to node was a few
+    hundred nanoseconds faster per lookup but took about 130 bytes per node
+    for the path strings and the table (``docs/benchmarks.md``).
+    """
 
     def __init__(self, priv_domid: int = 0) -> None:
         self.priv_domid = priv_domid
-        self.nodes: dict[str, Node] = {}
+        none_priv: Perms = (Perm(Access.NONE, priv_domid),)
+        #: The initial tree C creates (PROTOCOL.md 8.4) is set up below.
+        self.root = Node(b"", none_priv)
+        #: Nodes in the tree.
+        self.count = 0
         #: Global generation counter; every modification takes a new value.
         self.generation = 0
         self.owner_counts: dict[int, int] = {}
@@ -116,19 +128,43 @@ class Store:
         self._perm_lists: dict[Perms, Perms] = {}
         #: Changes made since the engine last collected them.
         self.changes: list[Change] = []
-        none_priv: Perms = (Perm(Access.NONE, priv_domid),)
         self.special: dict[str, Node] = {
             name: Node(b"", none_priv) for name in SPECIAL_NODES
         }
-        # The initial tree C creates (PROTOCOL.md 8.4).
-        self.created("/", Node(b"", none_priv, {"tool": None}))
-        self.created("/tool", Node(b"", none_priv, {"xenstored": None}))
+        self.created("/", self.root)
+        self.created("/tool", Node(b"", none_priv))
         self.created("/tool/xenstored", Node(b"", none_priv))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def walk(self) -> Iterator[tuple[str, Node]]:
+        """Every node with its path, depth first, children in order."""
+        stack: list[tuple[str, Node]] = [("/", self.root)]
+        while stack:
+            path, node = stack.pop()
+            yield path, node
+            if node.children:
+                prefix = path if path != "/" else ""
+                stack.extend(
+                    (f"{prefix}/{name}", child)
+                    for name, child in reversed(node.children.items())
+                    if child is not None
+                )
 
     # -- View -------------------------------------------------------------
 
     def get(self, path: str) -> Node | None:
-        return self.nodes.get(path)
+        node: Node | None = self.root
+        if path == "/":
+            return node
+        try:
+            for name in path[1:].split("/"):
+                # Only the last name can map to None (a child being linked).
+                node = node.children[name]  # type: ignore[union-attr]
+        except KeyError:
+            return None
+        return node
 
     def _stamp(self, node: Node) -> None:
         self.generation += 1
@@ -165,17 +201,32 @@ class Store:
         else:
             charged.pop(domid, None)
 
+    def _parent(self, path: str) -> Node:
+        parent = self.get(parent_of(path))
+        assert parent is not None, f"{path} has no parent"
+        return parent
+
     def created(self, path: str, node: Node) -> None:
+        """Link a new node under its parent, which must be in the tree."""
         self._stamp(node)
         self._share(node)
-        self.nodes[path] = node
+        if path != "/":
+            # The parent has the name already (tree operations list the
+            # child first, with an interned name): this keeps that key.
+            self._parent(path).add_child(path[path.rfind("/") + 1 :], node)
+        self.count += 1
         owner = node.perms[0].domid
         self._count(owner, 1)
         node.acct = node_bytes(path, node)
         self._charge(owner, node.acct)
 
     def deleted(self, path: str, node: Node) -> None:
-        del self.nodes[path]
+        """Account for a removed node; the caller unlinks it from its parent.
+
+        :func:`rm` unlinks only the root of the removed subtree: the rest
+        goes with it.
+        """
+        self.count -= 1
         owner = node.perms[0].domid
         self._count(owner, -1)
         self._charge(owner, -node.acct)
@@ -198,8 +249,24 @@ class Store:
     # -- committing a transaction ------------------------------------------
 
     def replace(self, path: str, node: Node) -> None:
-        """Install ``node`` at ``path`` (a transaction's private copy)."""
-        old = self.nodes.get(path)
+        """Install ``node`` (a transaction's private copy) at ``path``.
+
+        Called parents first, so the parent is already the committed one.
+        The copy's child links are a snapshot from the transaction's first
+        access: each is pointed at the committed child, and a child the
+        transaction created is linked when it is installed in turn.
+        """
+        if path == "/":
+            parent = None
+            old: Node | None = self.root
+        else:
+            parent = self._parent(path)
+            old = parent.children.get(path[path.rfind("/") + 1 :])
+        if node.children:
+            kids = old.children if old is not None else NO_CHILDREN
+            children = node.children
+            for name in children:
+                children[name] = kids.get(name)
         if old is None:
             self.created(path, node)
             return
@@ -212,10 +279,19 @@ class Store:
         self._charge(owner, node.acct)
         self._stamp(node)
         self._share(node)
-        self.nodes[path] = node
+        if parent is None:
+            self.root = node
+        else:
+            parent.add_child(path[path.rfind("/") + 1 :], node)
 
     def remove(self, path: str) -> None:
-        old = self.nodes.get(path)
+        """Account for a node a transaction removed.
+
+        Its parent (or an ancestor) is replaced by the transaction's copy,
+        which no longer lists it: that unlinks it, so only the accounts
+        change here.  Called before any :meth:`replace` of the commit.
+        """
+        old = self.get(path)
         if old is not None:
             self.deleted(path, old)
 
