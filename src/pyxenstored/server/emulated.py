@@ -168,7 +168,7 @@ class EmulatedHost:
         ring, mapping = self._map(domid)
         port = self._alloc_port()
         client = RingClient(
-            self.daemon, conn, ring, lambda: self._notify(domid, port), mapping.close
+            self.daemon, conn, ring, self._notifier(domid, port), mapping.close
         )
         # The page is never cleared or re-indexed here (MIGRATION.md a.6):
         # requests already waiting in it are served.
@@ -234,16 +234,27 @@ class EmulatedHost:
             os.unlink(self._path(f"port-{conn.domid}"))
 
     def _notify(self, domid: int, port: int) -> None:
-        """Kick domain ``domid``: its port number to ``DIR/notify-N``.
+        self._notifier(domid, port)()
+
+    def _notifier(self, domid: int, port: int) -> Callable[[], None]:
+        """How to kick domain ``domid``: its port number to ``DIR/notify-N``.
 
         By path on every kick, as EMULATION.md says: a guest may re-bind its
         socket at any time (a new boot, a migration).  A kick nobody
-        receives is dropped: both sides re-check the indices anyway.
+        receives is dropped: both sides re-check the indices anyway.  The
+        path and the datagram are made once: kicks are on every request.
         """
-        if self._sock is None:
-            return
-        try:
-            self._sock.sendto(KICK.pack(port), self._path(f"notify-{domid}"))
-        except OSError as error:
-            if error.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
-                log.debug("dom%d: kick failed: %s", domid, error)
+        path = os.fsencode(self._path(f"notify-{domid}"))
+        kick = KICK.pack(port)
+
+        def notify() -> None:
+            sock = self._sock
+            if sock is None:
+                return
+            try:
+                sock.sendto(kick, path)
+            except OSError as error:
+                if error.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
+                    log.debug("dom%d: kick failed: %s", domid, error)
+
+        return notify

@@ -32,8 +32,8 @@ from pyxenstored.engine.connections import Connection
 from pyxenstored.errors import RemoteProtocolError
 from pyxenstored.store.quota import Limits
 from pyxenstored.wire.decoder import NEED_DATA, PacketDecoder
-from pyxenstored.wire.ops import Op
-from pyxenstored.wire.packet import HEADER
+from pyxenstored.wire.ops import HEADER_SIZE, Op
+from pyxenstored.wire.packet import HEADER, Packet
 from pyxenstored.wire.ring import (
     ConnectionState,
     Ring,
@@ -127,6 +127,8 @@ class RingClient:
         self._quiesce_waiters: list[Callable[[bool], None]] = []
         self._quiesce_timer: asyncio.TimerHandle | None = None
         self._busy = False
+        #: The guest is owed a kick (request space freed, output written).
+        self._kick = False
 
     # -- quotas ----------------------------------------------------------------
 
@@ -170,11 +172,51 @@ class RingClient:
     # -- output -------------------------------------------------------------
 
     def send(self, messages: list[bytes]) -> None:
-        """Queue framed messages from the engine and write what fits."""
+        """Write framed messages from the engine; queue what does not fit."""
         if self.ignored or self.closed:
             return
+        ring = self.ring
+        if ring is not None and not self._queue:
+            # Nothing waits before them: straight into the ring, which
+            # takes a reply whole nearly always (no queue entry to make).
+            try:
+                messages = self._write_direct(ring, messages)
+            except RingCorrupt as error:
+                self._fail(RingError.RINGIDX, str(error))
+                return
+            if not self._busy and self._kick:
+                self._kick = False
+                self._notify()
+            if not messages:
+                return
         self._enqueue(messages)
         self.process()
+
+    def _write_direct(self, ring: Ring, messages: list[bytes]) -> list[bytes]:
+        """Write whole messages while they fit; return the rest.
+
+        A message the ring takes only part of is queued here with its
+        offset, as :meth:`_write` would have left it.
+        """
+        tracer = self.daemon.tracer
+        for i, message in enumerate(messages):
+            n = ring.write_replies(message)
+            if n:
+                self._kick = True
+            if n < len(message):
+                if n:
+                    if tracer is not None:
+                        tracer.output(self.name, message)
+                    is_reply = HEADER.unpack_from(message)[0] != Op.WATCH_EVENT
+                    self._queue.append(_Message(message, is_reply))
+                    self._offset = n
+                    self.queued += len(message) - n
+                    self.outstanding += is_reply
+                    return messages[i + 1 :]
+                return messages[i:]
+            if tracer is not None:
+                tracer.output(self.name, message)
+        return []
 
     def _enqueue(self, messages: list[bytes]) -> None:
         engine = self.daemon.engine
@@ -270,54 +312,74 @@ class RingClient:
         ring = self.ring
         if ring is None:
             return
-        engine = self.daemon.engine
         decoder = self.decoder
         limits = self._limits()
         if self._queue and self._event_timeout() and self.quiesce is Quiesce.ACTIVE:
             self._discard_expired()
-        kicked = False
         try:
+            if (
+                ring.connection == ConnectionState.RECONNECT
+                and self.quiesce is Quiesce.ACTIVE
+            ):
+                self._reconnect()
+                self._kick = True
             while True:
-                progress = False
+                # The common case first: a whole request in the ring and
+                # nothing half-received: one read, no decoder.
                 if (
-                    ring.connection == ConnectionState.RECONNECT
-                    and self.quiesce is Quiesce.ACTIVE
+                    self.quiesce is Quiesce.ACTIVE
+                    and not decoder.partial
+                    and self._may_dispatch(limits)
                 ):
-                    self._reconnect()
-                    kicked = True
-                # Take what completes the message being received: its header,
-                # then its payload, in one go when both are in the ring.
+                    data = ring.read_message()
+                    if data:
+                        self._kick = True
+                        op, req_id, tx_id, _ = HEADER.unpack_from(data)
+                        self._dispatch(Packet(op, req_id, tx_id, data[HEADER_SIZE:]))
+                        limits = self._limits()  # SET_QUOTA may have changed them
+                        if self._queue and self._write(ring):
+                            self._kick = True
+                        continue
+                progress = False
+                # Otherwise take what completes the message being received
+                # (one longer than the ring arrives in pieces).
                 while limit := self._read_limit(limits):
                     data = ring.read_requests(limit)
                     if not data:
                         break
-                    progress = kicked = True
+                    progress = self._kick = True
                     decoder.receive_data(data)
                 if not decoder.missing() and self._may_dispatch(limits):
                     packet = decoder.next_packet()
                     assert packet is not NEED_DATA
                     progress = True
-                    if self.daemon.tracer is not None:
-                        self.daemon.tracer.request(self.name, packet)
-                    engine.handle(self.conn, packet)
-                    self.daemon.flush()
-                    limits = self._limits()  # SET_QUOTA may have changed them
+                    self._dispatch(packet)
+                    limits = self._limits()
                 if self._queue and self._write(ring):
-                    progress = kicked = True
+                    progress = self._kick = True
                 if not progress:
                     break
         except RingCorrupt as error:
             self._fail(RingError.RINGIDX, str(error))
         except RemoteProtocolError as error:
             self._fail(RingError.PROTO, str(error))
-        if kicked and not self.closed:
-            self._notify()
+        if self._kick:
+            self._kick = False
+            if not self.closed:
+                self._notify()
         if (
             self.quiesce is Quiesce.DRAINING
             and not self.decoder.partial
             and not self._queue
         ):
             self._quiesced()
+
+    def _dispatch(self, packet: Packet) -> None:
+        daemon = self.daemon
+        if daemon.tracer is not None:
+            daemon.tracer.request(self.name, packet)
+        daemon.engine.handle(self.conn, packet)
+        daemon.flush()
 
     # -- QUIESCE ----------------------------------------------------------------
 

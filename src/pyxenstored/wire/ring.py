@@ -23,9 +23,11 @@ Theory of operation:
 
 from __future__ import annotations
 
+import struct
 from enum import IntEnum
 
 from pyxenstored.errors import RemoteProtocolError
+from pyxenstored.wire.ops import HEADER_SIZE
 
 __all__ = [
     "PAGE_SIZE",
@@ -44,6 +46,9 @@ _U32 = 0xFFFFFFFF
 
 _REQ = 0
 _RSP = 1024
+#: A message header's length field: its last 4 bytes (little-endian u32).
+_LENGTH = struct.Struct("<I")
+_LENGTH_AT = HEADER_SIZE - 4
 # Word (u32) positions of the fields after the two arrays.
 _REQ_CONS = 512
 _REQ_PROD = 513
@@ -193,6 +198,45 @@ class Ring:
             RingCorrupt: the guest's indices are inconsistent.
         """
         return self._consume(_REQ_CONS, _REQ_PROD, _REQ, limit)
+
+    def read_message(self) -> bytes:
+        """Server: one whole message off ``req`` if all of it is there.
+
+        Nothing is taken otherwise (a message still being written, or one
+        longer than the ring, which only the byte-wise
+        :meth:`read_requests` can receive).  It is the common case of a
+        guest's request, in one pass over the indices and one copy.
+
+        Raises:
+            RingCorrupt: the guest's indices are inconsistent.
+        """
+        words = self._words
+        cons = int(words[_REQ_CONS])
+        prod = int(words[_REQ_PROD])  # read once: the guest may move it
+        used = (prod - cons) & _U32
+        if used > RING_SIZE:
+            raise RingCorrupt(f"indices {cons:#x}/{prod:#x} are {used} bytes apart")
+        if used < HEADER_SIZE:
+            return b""
+        start = cons & _MASK
+        page = self._page
+        at = start + _LENGTH_AT
+        if at + 4 <= RING_SIZE:
+            (length,) = _LENGTH.unpack_from(page, _REQ + at)
+        else:
+            length = int.from_bytes(
+                bytes(page[_REQ + ((at + i) & _MASK)] for i in range(4)), "little"
+            )
+        n = HEADER_SIZE + length
+        if n > used:
+            return b""
+        first = min(n, RING_SIZE - start)
+        data = bytes(page[_REQ + start : _REQ + start + first])
+        if first < n:
+            data += bytes(page[_REQ : _REQ + n - first])
+        # (barrier: data before releasing the space)
+        words[_REQ_CONS] = (cons + n) & _U32
+        return data
 
     def write_replies(self, data: bytes) -> int:
         """Server: put as much of ``data`` as fits into ``rsp``; return it.
