@@ -52,8 +52,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# The integration tests run a second time with the daemons on uvloop (the
+# optional event loop); the first run is on asyncio's own.
 pytest: deps
 	$(PY) -bb -m pytest
+	$(PY) -bb -m pytest -q --event-loop uvloop tests/integration
 
 demo: deps
 	$(PY) -m pyxenstored.demo

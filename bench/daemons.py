@@ -26,6 +26,7 @@ from pathlib import Path
 
 __all__ = [
     "KINDS",
+    "PY_EVENT_LOOP",
     "NAMES",
     "Daemon",
     "DaemonDied",
@@ -168,6 +169,11 @@ def _wait_for_socket(path: Path, daemon: Daemon) -> None:
     raise DaemonDied(f"{daemon.name} does not answer on {path}")
 
 
+#: ``pyxenstored --event-loop`` for the ``py`` daemon (``bench.run
+#: --py-event-loop``).
+PY_EVENT_LOOP = ["auto"]
+
+
 def start(kind: str, directory: Path) -> Daemon:
     """Start a daemon of ``kind`` in the fresh ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -185,6 +191,8 @@ def start(kind: str, directory: Path) -> Daemon:
                 str(directory),
                 "--log-file",
                 str(log),
+                "--event-loop",
+                PY_EVENT_LOOP[0],
             ],
             stdin=subprocess.DEVNULL,
         )

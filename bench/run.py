@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -45,7 +46,15 @@ from types import FrameType
 from typing import TextIO
 
 from bench import report
-from bench.daemons import KINDS, NAMES, Daemon, DaemonDied, peers_dir, start
+from bench.daemons import (
+    KINDS,
+    NAMES,
+    PY_EVENT_LOOP,
+    Daemon,
+    DaemonDied,
+    peers_dir,
+    start,
+)
 from bench.micro import prepare_guests, run_load, xsbench_path
 from bench.scale import ScaleConfig, build_xslat, scale_daemon
 
@@ -99,8 +108,18 @@ def machine() -> Record:
         "kernel": platform.release(),
         "loadavg": _loadavg(),
         "source": _source_state(),
+        "py_event_loop": _py_event_loop(),
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def _py_event_loop() -> str:
+    """The event loop pyxenstored runs on, as ``--event-loop`` resolves it."""
+    from pyxenstored.cli.xenstored import loop_factory
+
+    if loop_factory(PY_EVENT_LOOP[0]) is None:
+        return "asyncio"
+    return f"uvloop {importlib.metadata.version('uvloop')}"
 
 
 def _source_state() -> str:
@@ -236,6 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--budget", type=float, help="seconds of population per daemon (110; quick: 30)"
     )
     p.add_argument(
+        "--py-event-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="pyxenstored --event-loop (auto: uvloop when installed, as in "
+        "the bench dependency group)",
+    )
+    p.add_argument(
         "--no-pin",
         action="store_true",
         help="do not put the daemon and a single client on one CPU (the "
@@ -267,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _log(f"plot: {path}")
         return 0
 
+    PY_EVENT_LOOP[0] = args.py_event_loop
     quick = args.quick
     reps = args.reps or (1 if quick else 5)
     duration = args.duration or (0.4 if quick else 0.6)
@@ -356,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{m['cpu_model']}, Python {m['python']}, {reps} repetition(s) of "
         f"{duration} s loads{' (quick)' if quick else ''}; load average "
         f"{m['loadavg']} at the start, {_loadavg()} at the end; {elapsed:.0f} s; "
-        f"source {m['source']}\n"
+        f"source {m['source']}; pyxenstored on {m['py_event_loop']}\n"
     )
     (out / "report.md").write_text(header + "\n" + text + "\n", encoding="utf-8")
     print(header)

@@ -24,6 +24,27 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 #: ../shared/peers next to the repository (scripts that run the C daemons).
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
 
+#: The event loop of the daemons the fixtures start (``--event-loop``).
+EVENT_LOOP = ["asyncio"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop of the pyxenstored daemons started by the fixtures "
+        "(make test runs the integration tests on both)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    EVENT_LOOP[0] = config.getoption("--event-loop")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"pyxenstored daemons on the {EVENT_LOOP[0]} event loop"
+
 
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
@@ -69,6 +90,8 @@ class RunningDaemon:
                 str(self.log),
                 "--trace-file",
                 str(self.trace),
+                "--event-loop",
+                EVENT_LOOP[0],
                 *extra,
             ],
         )
