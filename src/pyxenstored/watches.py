@@ -178,17 +178,19 @@ class WatchTable:
         require ``path`` to be at most ``depth`` levels below them.
         """
         by_path = self._by_path
+        if not by_path:
+            return
         found = by_path.get(path)
         if found:
             yield from found
         if exact or path[0] != "/":
             return
-        levels = _levels(path)
         ancestor = path
         while ancestor != "/":
             ancestor = ancestor[: ancestor.rfind("/")] or "/"
             found = by_path.get(ancestor)
             if found:
+                below = _levels(path) - _levels(ancestor)
                 for watch in found:
-                    if watch.depth is None or levels - _levels(ancestor) <= watch.depth:
+                    if watch.depth is None or below <= watch.depth:
                         yield watch
