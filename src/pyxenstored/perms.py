@@ -27,7 +27,6 @@ __all__ = [
     "Access",
     "Perm",
     "Perms",
-    "encode_perms",
     "access_for",
     "format_perms",
     "parse_domid",
@@ -150,16 +149,6 @@ def parse_perms(texts: list[str]) -> Perms:
 def format_perms(perms: Perms) -> list[str]:
     """The wire strings of a permission list, owner first."""
     return [str(p) for p in perms]
-
-
-@lru_cache(maxsize=4096)
-def encode_perms(perms: Perms) -> bytes:
-    """GET_PERMS's payload for ``perms``: each entry NUL-terminated.
-
-    Cached: most nodes share a few lists (the store pools them), and this
-    was a fifth of a guest's GET_PERMS.
-    """
-    return b"".join(f"{p}\0".encode("ascii") for p in perms)
 
 
 def access_for(perms: Perms, domid: int, target: int | None, privileged: bool) -> int:

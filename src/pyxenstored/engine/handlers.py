@@ -31,7 +31,7 @@ from pyxenstored.perms import (
     WRITE_BIT,
     Perms,
     access_for,
-    encode_perms,
+    format_perms,
     parse_domid,
     parse_perms,
 )
@@ -176,7 +176,7 @@ def do_get_perms(
         perms = _special(engine, conn, path, READ_BIT).perms
     else:
         perms = tree.get_perms(_view(engine, tx), conn, path)
-    return encode_perms(perms)
+    return join_args(*format_perms(perms))
 
 
 def do_set_perms(
