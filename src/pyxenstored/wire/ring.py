@@ -148,34 +148,41 @@ class Ring:
 
     # -- the two generic halves -------------------------------------------
 
-    def _consume(self, cons_word: int, prod_word: int, area: int, limit: int) -> bytes:
+    def _indices(self, cons_word: int, prod_word: int) -> tuple[int, int, int]:
+        """``(cons, prod, used)``: each index read once, then checked."""
         words = self._words
         cons = int(words[cons_word])
-        prod = int(words[prod_word])  # read once: the producer may move it
+        prod = int(words[prod_word])
         used = (prod - cons) & _U32
         if used > RING_SIZE:
             raise RingCorrupt(f"indices {cons:#x}/{prod:#x} are {used} bytes apart")
-        n = min(used, limit)
-        if n <= 0:
-            return b""
-        # (barrier: indices before data)
+        return cons, prod, used
+
+    def _copy_out(self, area: int, cons: int, n: int) -> bytes:
+        """``n`` bytes from index ``cons`` on, across the end of the ring."""
         start = cons & _MASK
         first = min(n, RING_SIZE - start)
         page = self._page
         data = bytes(page[area + start : area + start + first])
         if first < n:
             data += bytes(page[area : area + n - first])
+        return data
+
+    def _consume(self, cons_word: int, prod_word: int, area: int, limit: int) -> bytes:
+        # The producer may move its index at any time: read once (_indices).
+        cons, _, used = self._indices(cons_word, prod_word)
+        n = min(used, limit)
+        if n <= 0:
+            return b""
+        # (barrier: indices before data)
+        data = self._copy_out(area, cons, n)
         # (barrier: data before releasing the space)
-        words[cons_word] = (cons + n) & _U32
+        self._words[cons_word] = (cons + n) & _U32
         return data
 
     def _produce(self, cons_word: int, prod_word: int, area: int, data: bytes) -> int:
-        words = self._words
-        cons = int(words[cons_word])  # read once: the consumer may move it
-        prod = int(words[prod_word])
-        used = (prod - cons) & _U32
-        if used > RING_SIZE:
-            raise RingCorrupt(f"indices {cons:#x}/{prod:#x} are {used} bytes apart")
+        # The consumer may move its index at any time: read once (_indices).
+        _, prod, used = self._indices(cons_word, prod_word)
         n = min(RING_SIZE - used, len(data))
         if n <= 0:
             return 0
@@ -186,7 +193,7 @@ class Ring:
         if first < n:
             page[area : area + n - first] = data[first:n]
         # (write barrier: data visible before the new index)
-        words[prod_word] = (prod + n) & _U32
+        self._words[prod_word] = (prod + n) & _U32
         return n
 
     # -- server side ------------------------------------------------------
@@ -210,17 +217,11 @@ class Ring:
         Raises:
             RingCorrupt: the guest's indices are inconsistent.
         """
-        words = self._words
-        cons = int(words[_REQ_CONS])
-        prod = int(words[_REQ_PROD])  # read once: the guest may move it
-        used = (prod - cons) & _U32
-        if used > RING_SIZE:
-            raise RingCorrupt(f"indices {cons:#x}/{prod:#x} are {used} bytes apart")
+        cons, _, used = self._indices(_REQ_CONS, _REQ_PROD)
         if used < HEADER_SIZE:
             return b""
-        start = cons & _MASK
+        at = (cons & _MASK) + _LENGTH_AT
         page = self._page
-        at = start + _LENGTH_AT
         if at + 4 <= RING_SIZE:
             (length,) = _LENGTH.unpack_from(page, _REQ + at)
         else:
@@ -230,12 +231,9 @@ class Ring:
         n = HEADER_SIZE + length
         if n > used:
             return b""
-        first = min(n, RING_SIZE - start)
-        data = bytes(page[_REQ + start : _REQ + start + first])
-        if first < n:
-            data += bytes(page[_REQ : _REQ + n - first])
+        data = self._copy_out(_REQ, cons, n)
         # (barrier: data before releasing the space)
-        words[_REQ_CONS] = (cons + n) & _U32
+        self._words[_REQ_CONS] = (cons + n) & _U32
         return data
 
     def write_replies(self, data: bytes) -> int:
