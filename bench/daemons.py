@@ -98,6 +98,18 @@ class Daemon:
                 total += int(f.read().split()[0])
         return total / 1e9
 
+    def cpu_split(self) -> tuple[float, float]:
+        """User and kernel CPU seconds so far (``/proc/PID/stat``, all threads).
+
+        Clock-tick accounting (sampled, 10 ms ticks here), so only good
+        over loads of many requests; :meth:`cpu_seconds` is the exact
+        total.
+        """
+        with open(f"/proc/{self.pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
+
     def memory(self) -> dict[str, int]:
         """VmRSS, RssAnon, RssFile and VmHWM from /proc/PID/status, in kB."""
         out: dict[str, int] = {}

@@ -134,17 +134,26 @@ def _run(
             # daemon's CPU time between two lines is that test's (the next
             # test's set-up, such as DIRECTORY's 1,000 writes, included).
             cpu_before = daemon.cpu_seconds()
+            split_before = daemon.cpu_split()
             for line in proc.stdout:
                 if not line.startswith("{"):
                     continue
                 cpu_now = daemon.cpu_seconds()
+                split_now = daemon.cpu_split()
                 record: dict[str, object] = {**json.loads(line), **tag}
                 requests = _requests(record)
                 if requests:
                     used = cpu_now - cpu_before
                     record["daemon_cpu_s"] = round(used, 4)
                     record["daemon_cpu_us_per_req"] = round(used * 1e6 / requests, 2)
+                    user, kernel = (
+                        (now - before) * 1e6 / requests
+                        for now, before in zip(split_now, split_before, strict=True)
+                    )
+                    record["daemon_user_us_per_req"] = round(user, 2)
+                    record["daemon_sys_us_per_req"] = round(kernel, 2)
                 cpu_before = cpu_now
+                split_before = split_now
                 records.append(record)
             code = proc.wait()
         finally:

@@ -220,6 +220,31 @@ def cpu_table(res: Results, clients: Sequence[str]) -> list[str]:
     return lines
 
 
+def split_table(res: Results, client: str) -> list[str]:
+    """User and kernel parts of the daemons' CPU time per request."""
+    lines = [
+        "| load | "
+        + " | ".join(f"{NAMES[k]}: user | {NAMES[k]}: kernel" for k in KINDS)
+        + " |",
+        "|---|" + "---:|" * (2 * len(KINDS)),
+    ]
+    for test, n, title in CPU_ROWS:
+        cells = []
+        for kind in KINDS:
+            for field in ("daemon_user_us_per_req", "daemon_sys_us_per_req"):
+                value = res.median(
+                    phase="micro",
+                    client=client,
+                    daemon=kind,
+                    test=test,
+                    clients=n,
+                    field=field,
+                )
+                cells.append(_fmt(value, 1))
+        lines.append(f"| {title} | {' | '.join(cells)} |")
+    return lines
+
+
 def scale_tables(res: Results) -> list[str]:
     out: list[str] = []
     targets = res.targets()
@@ -531,6 +556,17 @@ def tables(res: Results) -> str:
             *cpu_table(res, cpu_clients),
             "",
         ]
+    for client in cpu_clients:
+        if any("daemon_user_us_per_req" in r for r in res.records):
+            out += [
+                f"**User and kernel time of that CPU** ({client} client; "
+                "microseconds per request, median; from the utime and stime "
+                "of /proc/PID/stat, which the kernel keeps in 10 ms ticks: "
+                "good over a whole load, not per request)",
+                "",
+                *split_table(res, client),
+                "",
+            ]
     scale = scale_tables(res)
     if scale:
         out += ["### Big trees: 10 to 10,000 domains", "", *scale]
