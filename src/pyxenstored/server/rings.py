@@ -402,35 +402,39 @@ class RingClient:
 
     def _quiesce_timeout(self) -> None:
         self._quiesce_timer = None
-        waiters, self._quiesce_waiters = self._quiesce_waiters, []
-        if waiters:
+        if self._quiesce_waiters:
             log.warning(
                 "%s: QUIESCE timed out (partial input or output left)", self.name
             )
-        for done in waiters:
-            done(False)
+        self._answer_quiesce(False)
         self.daemon.flush()
 
-    def _quiesced(self) -> None:
-        """Drained: drop the mapping (Xen marks the page dirty on unmap)."""
-        self.quiesce = Quiesce.QUIESCED
-        if self.ring is not None:
-            self.ring.release()
-            self.ring = None
-            self._close_mapping()
-        log.info("%s: quiesced", self.name)
+    def _answer_quiesce(self, drained: bool) -> None:
+        """Stop the QUIESCE timer and answer every QUIESCE waiting."""
         if self._quiesce_timer is not None:
             self._quiesce_timer.cancel()
             self._quiesce_timer = None
         waiters, self._quiesce_waiters = self._quiesce_waiters, []
         for done in waiters:
-            done(True)
+            done(drained)
+
+    def _unmap(self) -> None:
+        """Drop the views of the page, then the mapping itself."""
+        if self.ring is not None:
+            self.ring.release()
+            self.ring = None
+            self._close_mapping()
+
+    def _quiesced(self) -> None:
+        """Drained: drop the mapping (Xen marks the page dirty on unmap)."""
+        self.quiesce = Quiesce.QUIESCED
+        self._unmap()
+        log.info("%s: quiesced", self.name)
+        self._answer_quiesce(True)
 
     def resume(self, ring: Ring, close_mapping: Callable[[], None]) -> None:
         """INTRODUCE of the quiesced domain: serve the ring again."""
-        if self.ring is not None:
-            self.ring.release()
-            self._close_mapping()
+        self._unmap()
         self.ring = ring
         self._close_mapping = close_mapping
         self.quiesce = Quiesce.ACTIVE
@@ -442,12 +446,7 @@ class RingClient:
             for message in self._queue:
                 if not message.is_reply:
                     message.expires = expires
-        if self._quiesce_timer is not None:
-            self._quiesce_timer.cancel()
-            self._quiesce_timer = None
-        waiters, self._quiesce_waiters = self._quiesce_waiters, []
-        for done in waiters:
-            done(False)
+        self._answer_quiesce(False)
         log.info("%s: resumed", self.name)
         self.process()
 
@@ -497,14 +496,6 @@ class RingClient:
             return
         self.closed = True
         self.reset()
-        if self._quiesce_timer is not None:
-            self._quiesce_timer.cancel()
-            self._quiesce_timer = None
         # A QUIESCE still draining gets its answer (EBUSY): the domain went.
-        waiters, self._quiesce_waiters = self._quiesce_waiters, []
-        for done in waiters:
-            done(False)
-        if self.ring is not None:
-            self.ring.release()
-            self.ring = None
-            self._close_mapping()
+        self._answer_quiesce(False)
+        self._unmap()
