@@ -8,110 +8,18 @@ answer to "does domain N exist" (domains 0, 5 and 6 do).
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from pyxenstored.engine import Connection, Engine, EngineConfig
+from pyxenstored.engine import Engine, EngineConfig
 from pyxenstored.engine.audit import audit
 from pyxenstored.store import Limits, QuotaRule
 from pyxenstored.wire import Op, Packet
+from tests.enginepeer import ERROR, EVENT, FRAME, OK, Msg, Peer, args
 
-#: The header layout of PROTOCOL.md 1.1, independent of the code's HEADER.
-FRAME = struct.Struct("<IIII")
 EXISTING = frozenset({0, 5, 6})
-ERROR = 16
-EVENT = 15
-OK = b"OK\0"
 RULES = [QuotaRule.AT_MOST_N, QuotaRule.BELOW_N]
-
-
-@dataclass(frozen=True)
-class Msg:
-    op: int
-    req: int
-    tx: int
-    payload: bytes
-
-    @property
-    def event(self) -> tuple[str, str]:
-        """(path, token) of a WATCH_EVENT."""
-        assert self.op == EVENT, self
-        assert (self.req, self.tx) == (0, 0)
-        path, token, rest = self.payload.split(b"\0")
-        assert rest == b""
-        return path.decode("latin-1"), token.decode("latin-1")
-
-
-def decode(raw: bytes) -> Msg:
-    op, req, tx, length = FRAME.unpack_from(raw)
-    assert len(raw) == 16 + length, "one framed message per queued item"
-    return Msg(op, req, tx, raw[16:])
-
-
-def args(*strings: str) -> bytes:
-    return b"".join(s.encode("latin-1") + b"\0" for s in strings)
-
-
-class Peer:
-    """One connection of the engine, speaking in packets."""
-
-    def __init__(self, engine: Engine, conn: Connection) -> None:
-        self.engine = engine
-        self.conn = conn
-        self.req = 100
-
-    def raw(self, op: int, payload: bytes, tx: int = 0) -> list[Msg]:
-        """Send one request; everything queued for this connection so far."""
-        self.req += 1
-        self.engine.handle(self.conn, Packet(op, self.req, tx, payload))
-        return self.take()
-
-    def take(self) -> list[Msg]:
-        return [decode(m) for m in self.conn.take_output()]
-
-    def call(self, op: int, payload: bytes, tx: int = 0) -> Msg:
-        """The one reply to a request (events may precede or follow it)."""
-        out = self.raw(op, payload, tx)
-        replies = [m for m in out if m.op != EVENT]
-        assert len(replies) == 1, out
-        reply = replies[0]
-        assert (reply.req, reply.tx) == (self.req, tx), "req_id/tx_id echoed"
-        return reply
-
-    def ok(self, op: int, *strings: str, tx: int = 0) -> bytes:
-        reply = self.call(op, args(*strings), tx)
-        assert reply.op == op, f"{Op(op).name} failed: {reply.payload!r}"
-        return reply.payload
-
-    def err(self, op: int, *strings: str, tx: int = 0) -> str:
-        return self.error_of(self.call(op, args(*strings), tx))
-
-    @staticmethod
-    def error_of(reply: Msg) -> str:
-        assert reply.op == ERROR, f"expected an error, got {reply}"
-        assert reply.payload.endswith(b"\0")
-        return reply.payload[:-1].decode()
-
-    def write(self, path: str, value: bytes = b"", tx: int = 0) -> Msg:
-        return self.call(Op.WRITE, path.encode() + b"\0" + value, tx)
-
-    def write_ok(self, path: str, value: bytes = b"", tx: int = 0) -> None:
-        reply = self.write(path, value, tx)
-        assert (reply.op, reply.payload) == (Op.WRITE, OK), reply
-
-    def set_perms(self, path: str, *perms: str, tx: int = 0) -> None:
-        assert self.ok(Op.SET_PERMS, path, *perms, tx=tx) == OK
-
-    def start(self) -> int:
-        return int(self.ok(Op.TRANSACTION_START, "")[:-1])
-
-    def watch(self, path: str, token: str) -> None:
-        out = self.raw(Op.WATCH, args(path, token))
-        assert [m.op for m in out] == [Op.WATCH, EVENT], out
-        assert out[1].event == (path, token)
 
 
 class World:

@@ -11,9 +11,7 @@ daemon in ``tests/integration/test_migration.py``.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -22,13 +20,9 @@ from pyxenstored.engine.audit import audit
 from pyxenstored.engine.domains import DomainState
 from pyxenstored.errors import NoEntry
 from pyxenstored.store import Limits
-from pyxenstored.wire import Op, Packet
+from pyxenstored.wire import Op
+from tests.enginepeer import ERROR, OK, Msg, Peer, args
 
-#: PROTOCOL.md 1.1, independent of the code's own header.
-FRAME = struct.Struct("<IIII")
-ERROR = 16
-EVENT = 15
-OK = b"OK\x00"
 DOMID = 5
 HOME = f"/local/domain/{DOMID}"
 SEED_OPS = [Op.QUIESCE, Op.ADD_DOMAIN_WATCHES, Op.GET_DOMAIN_WATCHES]
@@ -106,75 +100,6 @@ class MemoryHypervisor:
 # -- peers ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Msg:
-    op: int
-    req: int
-    tx: int
-    payload: bytes
-
-    @property
-    def event(self) -> tuple[str, str]:
-        assert self.op == EVENT, self
-        path, token, rest = self.payload.split(b"\x00")
-        assert rest == b""
-        return path.decode("latin-1"), token.decode("latin-1")
-
-
-def args(*strings: str) -> bytes:
-    return b"".join(s.encode("latin-1") + b"\x00" for s in strings)
-
-
-class Peer:
-    """One connection of the engine, speaking in framed messages."""
-
-    def __init__(self, engine: Engine, conn: Connection) -> None:
-        self.engine = engine
-        self.conn = conn
-        self.req = 100
-
-    def raw(self, op: int, payload: bytes, tx: int = 0) -> list[Msg]:
-        self.req += 1
-        self.engine.handle(self.conn, Packet(op, self.req, tx, payload))
-        return self.take()
-
-    def take(self) -> list[Msg]:
-        out = []
-        for raw in self.conn.take_output():
-            op, req, tx, length = FRAME.unpack_from(raw)
-            assert len(raw) == 16 + length
-            out.append(Msg(op, req, tx, raw[16:]))
-        return out
-
-    def call(self, op: int, *strings: str, tx: int = 0) -> Msg:
-        """The one reply (events may come with it and are not returned)."""
-        replies = [m for m in self.raw(op, args(*strings), tx) if m.op != EVENT]
-        assert len(replies) == 1, replies
-        assert (replies[0].req, replies[0].tx) == (self.req, tx)
-        return replies[0]
-
-    def ok(self, op: int, *strings: str, tx: int = 0) -> bytes:
-        reply = self.call(op, *strings, tx=tx)
-        assert reply.op == op, f"{Op(op).name} failed: {reply.payload!r}"
-        return reply.payload
-
-    def err(self, op: int, *strings: str, tx: int = 0) -> str:
-        reply = self.call(op, *strings, tx=tx)
-        assert reply.op == ERROR, f"expected an error, got {reply}"
-        return reply.payload[:-1].decode()
-
-    def write(self, path: str, value: bytes = b"", tx: int = 0) -> Msg:
-        self.req += 1
-        payload = path.encode() + b"\x00" + value
-        self.engine.handle(self.conn, Packet(Op.WRITE, self.req, tx, payload))
-        replies = [m for m in self.take() if m.op != EVENT]
-        assert len(replies) == 1
-        return replies[0]
-
-    def events(self) -> list[tuple[str, str]]:
-        return [m.event for m in self.take() if m.op == EVENT]
-
-
 class Host:
     """An engine with the stand-in hypervisor and dom0's socket client."""
 
@@ -200,7 +125,7 @@ class Host:
         return self.introduce(domid)
 
     def add(self, domid: int, *strings: str) -> Msg:
-        return self.dom0.call(Op.ADD_DOMAIN_WATCHES, str(domid), *strings)
+        return self.dom0.call(Op.ADD_DOMAIN_WATCHES, args(str(domid), *strings))
 
     def watches(self, domid: int = DOMID, index: int = 0) -> tuple[int, list[str], int]:
         """GET_DOMAIN_WATCHES: (gencnt, the strings after it, reply size)."""
@@ -651,7 +576,7 @@ def test_unknown_transaction_of_a_restored_domain_is_doomed(
     ]
     assert host.dom0.ok(Op.READ, f"{HOME}/data/x") == b"before"
     assert host.dom0.err(Op.READ, f"{HOME}/data/new") == "ENOENT"
-    reply = guest.call(Op.TRANSACTION_END, "T", tx=42)
+    reply = guest.call(Op.TRANSACTION_END, args("T"), tx=42)
     assert (reply.op, reply.payload) == (ERROR, b"EAGAIN\x00")
     # Its writes never become visible, and fire nothing.
     assert host.dom0.ok(Op.READ, f"{HOME}/data/x") == b"before"
