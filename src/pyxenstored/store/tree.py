@@ -115,8 +115,6 @@ class Store:
         none_priv: Perms = (Perm(Access.NONE, priv_domid),)
         #: The initial tree C creates (PROTOCOL.md 8.4) is set up below.
         self.root = Node(b"", none_priv)
-        #: Nodes in the tree.
-        self.count = 0
         #: Global generation counter; every modification takes a new value.
         self.generation = 0
         self.owner_counts: dict[int, int] = {}
@@ -136,7 +134,8 @@ class Store:
         self.created("/tool/xenstored", Node(b"", none_priv))
 
     def __len__(self) -> int:
-        return self.count
+        """Nodes in the tree (every node has one owner)."""
+        return sum(self.owner_counts.values())
 
     def walk(self) -> Iterator[tuple[str, Node]]:
         """Every node with its path, depth first, children in order."""
@@ -208,13 +207,15 @@ class Store:
 
     def created(self, path: str, node: Node) -> None:
         """Link a new node under its parent, which must be in the tree."""
+        self._add(path, node, None if path == "/" else self._parent(path))
+
+    def _add(self, path: str, node: Node, parent: Node | None) -> None:
         self._stamp(node)
         self._share(node)
-        if path != "/":
+        if parent is not None:
             # The parent has the name already (tree operations list the
             # child first, with an interned name): this keeps that key.
-            self._parent(path).add_child(path[path.rfind("/") + 1 :], node)
-        self.count += 1
+            parent.add_child(path[path.rfind("/") + 1 :], node)
         owner = node.perms[0].domid
         self._count(owner, 1)
         node.acct = node_bytes(path, node)
@@ -226,7 +227,6 @@ class Store:
         :func:`rm` unlinks only the root of the removed subtree: the rest
         goes with it.
         """
-        self.count -= 1
         owner = node.perms[0].domid
         self._count(owner, -1)
         self._charge(owner, -node.acct)
@@ -268,7 +268,7 @@ class Store:
             for name in children:
                 children[name] = kids.get(name)
         if old is None:
-            self.created(path, node)
+            self._add(path, node, parent)
             return
         owner = node.perms[0].domid
         if old.perms[0].domid != owner:
