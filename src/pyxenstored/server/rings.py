@@ -193,27 +193,20 @@ class RingClient:
         self.process()
 
     def _write_direct(self, ring: Ring, messages: list[bytes]) -> list[bytes]:
-        """Write whole messages while they fit; return the rest.
+        """Write the messages that fit whole into the ring; return the rest.
 
-        A message the ring takes only part of is queued here with its
-        offset, as :meth:`_write` would have left it.
+        The guest only ever frees space, so what fits now is written whole.
+        Inconsistent indices leave no space: the rest goes to the queue and
+        the pump reports the ring broken.
         """
+        space = ring.reply_space()
         tracer = self.daemon.tracer
         for i, message in enumerate(messages):
-            n = ring.write_replies(message)
-            if n:
-                self._kick = True
-            if n < len(message):
-                if n:
-                    if tracer is not None:
-                        tracer.output(self.name, message)
-                    is_reply = HEADER.unpack_from(message)[0] != Op.WATCH_EVENT
-                    self._queue.append(_Message(message, is_reply))
-                    self._offset = n
-                    self.queued += len(message) - n
-                    self.outstanding += is_reply
-                    return messages[i + 1 :]
+            if len(message) > space:
                 return messages[i:]
+            ring.write_replies(message)
+            space -= len(message)
+            self._kick = True
             if tracer is not None:
                 tracer.output(self.name, message)
         return []
