@@ -74,7 +74,12 @@ def wait_for_socket(path: Path, proc: subprocess.Popen[bytes] | None = None) -> 
 class RunningDaemon:
     """A pyxenstored process serving ``socket`` in ``directory``."""
 
-    def __init__(self, directory: Path, extra: list[str]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        extra: list[str],
+        module: str = "pyxenstored.cli.xenstored",
+    ) -> None:
         self.directory = directory
         self.socket = directory / "socket"
         self.log = directory / "daemon.log"
@@ -83,7 +88,7 @@ class RunningDaemon:
             [
                 sys.executable,
                 "-m",
-                "pyxenstored.cli.xenstored",
+                module,
                 "--socket",
                 str(self.socket),
                 "--log-file",

@@ -20,7 +20,7 @@ __all__ = [
     "BrokenConnection",
     "ConnectionClosed",
     "ERROR_NAMES",
-    "IOError_",
+    "InternalError",
     "InvalidArgument",
     "IsDirectory",
     "LocalProtocolError",
@@ -176,8 +176,8 @@ class NoSpace(XsError, code="ENOSPC"):
     pass
 
 
-class IOError_(XsError, code="EIO"):  # noqa: N801 - avoid the builtin's name
-    pass
+class InternalError(XsError, code="EIO"):
+    """EIO: the daemon could not carry out the request (C's internal failures)."""
 
 
 class NotEmpty(XsError, code="ENOTEMPTY"):

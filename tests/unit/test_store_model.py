@@ -17,7 +17,10 @@ PROTOCOL.md alone:
 * the node quota (section 10, unprivileged creators, re-checked at commit).
 
 Between any two requests of a transaction another actor may change the
-tree.  After every step the committed tree must equal the model, every
+tree, and often does where it bites: it removes a node the transaction has
+read, its parent or its child, or creates nodes there, so the
+transaction's view goes out of date (RM then answers as C: EINVAL or
+EIO).  After every step the committed tree must equal the model, every
 node's parent must exist and list it, the engine's own recount
 (``audit``) and the model's owner counts must agree, and a request that
 failed must have left every node, generation included, untouched.
@@ -230,15 +233,25 @@ def nearest(view: View, path: str) -> MNode:
     return node
 
 
+def denied(view: View, path: str) -> ModelError:
+    """EACCES; C reads the ancestors first, so a transaction accesses them."""
+    nearest(view, path)
+    return ModelError("EACCES")
+
+
 def lookup(view: View, who: Actor, path: str, want: frozenset[str]) -> MNode:
-    """A node the caller may use, or the error 5.4 prescribes."""
+    """A node the caller may use, or the error 5.4 prescribes.
+
+    A missing node is ENOENT if its nearest ancestor grants any of the
+    wanted rights (C's ``errno_from_parents``).
+    """
     node = view.get(path)
     if node is None:
         raise ModelError(
-            "ENOENT" if want <= access(who, nearest(view, path).perms) else "EACCES"
+            "ENOENT" if want & access(who, nearest(view, path).perms) else "EACCES"
         )
     if not want <= access(who, node.perms):
-        raise ModelError("EACCES")
+        raise denied(view, path)
     return node
 
 
@@ -257,6 +270,8 @@ def m_create(view: View, who: Actor, path: str, value: bytes, rule: QuotaRule) -
         perms = ((perms[0][0], who.domid), *perms[1:])
         if exceeded(rule, view.owned(who.domid) + len(missing), NODE_QUOTA):
             raise ModelError("ENOSPC")
+    # A transaction's copy of ``top`` may list the name already (it was
+    # removed since): it is then listed twice, as in C.
     top.children.append(basename(missing[-1]))
     view.mark(up)
     for i in range(len(missing) - 1, -1, -1):
@@ -270,7 +285,7 @@ def m_write(view: View, who: Actor, path: str, value: bytes, rule: QuotaRule) ->
         m_create(view, who, path, value, rule)
         return
     if WRITE not in access(who, node.perms):
-        raise ModelError("EACCES")
+        raise denied(view, path)
     node.value = value
     view.mark(path)
 
@@ -280,7 +295,7 @@ def m_mkdir(view: View, who: Actor, path: str, rule: QuotaRule) -> None:
     if node is None:
         m_create(view, who, path, b"", rule)
     elif WRITE not in access(who, node.perms):
-        raise ModelError("EACCES")
+        raise denied(view, path)
 
 
 def m_rm(view: View, who: Actor, path: str) -> None:
@@ -292,21 +307,38 @@ def m_rm(view: View, who: Actor, path: str) -> None:
             raise ModelError("ENOENT")
         return  # a missing node with an existing parent: fine
     if WRITE not in access(who, node.perms):
-        raise ModelError("EACCES")
+        raise denied(view, path)
     if path == "/":
         raise ModelError("EINVAL")
     up = view.get(parent(path))
-    assert up is not None
-    doomed: list[str] = []
-    todo = [path]
-    while todo:
-        current = todo.pop()
-        doomed.append(current)
-        cnode = view.get(current)
-        assert cnode is not None
-        todo.extend(child_path(current, name) for name in cnode.children)
-    for p in doomed:
+    if up is None:
+        # Only a transaction's out-of-date view lacks the parent (C: EINVAL).
+        raise ModelError("EINVAL")
+    # C's walk: depth first, a node read on entry and removed on exit; a
+    # listed child that cannot be read stops it with EIO, and what it had
+    # removed stays removed, each taken out of its parent as it went.
+    exited: list[str] = []
+
+    def walk(current: str, cnode: MNode) -> bool:
+        for name in list(cnode.children):
+            cpath = child_path(current, name)
+            # A name listed twice: removed when the walk left it the first time.
+            child = None if cpath in exited else view.get(cpath)
+            if child is None or not walk(cpath, child):
+                return False
+        exited.append(current)
+        return True
+
+    complete = walk(path, node)
+    for p in exited:
         view.delete(p)
+        if not complete:
+            holder = view.get(parent(p))
+            if holder is not None:
+                holder.children.remove(basename(p))
+            view.mark(parent(p))
+    if not complete or basename(path) not in up.children:
+        raise ModelError("EIO")
     up.children.remove(basename(path))
     view.mark(parent(path))
 
@@ -431,7 +463,9 @@ class StoreMachine(RuleBasedStateMachine):
 
         The model's operations check everything before they change
         anything, so a failed one leaves only the first accesses it made
-        (which a transaction keeps, as in C).
+        (which a transaction keeps, as in C), except an RM that finds a
+        transaction's view out of date: that one keeps what it removed
+        before, in the transaction, as C's does.
         """
         try:
             action(tx if tx is not None else self.model)
@@ -572,6 +606,47 @@ class StoreMachine(RuleBasedStateMachine):
 
     def _touched(self) -> list[str]:
         return sorted({p for ts in self.txs.values() for t in ts for p in t.first})
+
+    def _near_touched(self) -> list[str]:
+        """Touched paths, their parents and children: where a change bites."""
+        near = set()
+        for path in self._touched():
+            if path != "/":
+                near.add(path)
+                near.add(parent(path))
+            near.update(child_path(path, name) for name in NAMES)
+        return sorted(p for p in near if p in PATHS and p != "/")
+
+    @precondition(lambda self: self._touched())
+    @rule(data=st.data())
+    def interfere_rm(self, data: st.DataObject) -> None:
+        """The privileged actor removes a touched node, its parent or child."""
+        path = data.draw(st.sampled_from(self._near_touched()))
+        self.rm(ACTORS[0], 2, path)
+
+    @precondition(lambda self: self._touched())
+    @rule(data=st.data(), value=values)
+    def interfere_create(self, data: st.DataObject, value: bytes) -> None:
+        """The privileged actor creates under or re-creates a touched node."""
+        path = data.draw(st.sampled_from(self._near_touched()))
+        self.write(ACTORS[0], 2, path, value)
+
+    def _with_tx(self) -> list[tuple[Actor, int]]:
+        return [(a, i) for a in ACTORS for i in range(len(self.txs[a.name]))]
+
+    @precondition(lambda self: self._touched() and self._with_tx())
+    @rule(data=st.data(), value=values)
+    def tx_near(self, data: st.DataObject, value: bytes) -> None:
+        """A transaction acts where its view may have gone out of date."""
+        who, pick = data.draw(st.sampled_from(self._with_tx()))
+        path = data.draw(st.sampled_from(self._near_touched()))
+        action = data.draw(st.sampled_from(("rm", "rm", "write", "directory")))
+        if action == "rm":
+            self.rm(who, pick, path)
+        elif action == "write":
+            self.write(who, pick, path, value)
+        else:
+            self.directory(who, pick, path)
 
     @precondition(lambda self: any(len(t) < 2 for t in self.txs.values()))
     @rule(who=actors)

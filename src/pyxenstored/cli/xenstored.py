@@ -229,11 +229,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidArgument as error:
         parser.error(error.message)
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
-    logging.basicConfig(
-        filename=config.log_file,
-        level=level,
-        format="%(asctime)s pyxenstored[%(process)d] %(levelname)s %(message)s",
-    )
+    try:
+        logging.basicConfig(
+            filename=config.log_file,
+            level=level,
+            format="%(asctime)s pyxenstored[%(process)d] %(levelname)s %(message)s",
+        )
+    except OSError as error:
+        print(f"pyxenstored: cannot open the log file: {error}", file=sys.stderr)
+        return 1
     log.info("event loop: %s", "asyncio" if factory is None else "uvloop")
     try:
         with asyncio.Runner(loop_factory=factory) as runner:

@@ -8,11 +8,12 @@ sends them (PROTOCOL.md section 2).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pyxenstored.engine.audit import audit
-from pyxenstored.errors import InvalidArgument, IOError_
+from pyxenstored.errors import InternalError, InvalidArgument, NoEntry
 from pyxenstored.perms import parse_domid
 from pyxenstored.store.quota import QUOTA_NAMES, Limits
 from pyxenstored.wire.ops import Op
@@ -24,9 +25,57 @@ if TYPE_CHECKING:
     from pyxenstored.engine.engine import Engine
     from pyxenstored.store.transaction import Transaction
 
-__all__ = ["COMMANDS", "do_control"]
+__all__ = ["COMMANDS", "LoggingOperator", "Operator", "do_control"]
+
+log = logging.getLogger(__name__)
 
 Command = Callable[["Engine", list[str]], str]
+
+
+class Operator(Protocol):
+    """What CONTROL asks of the daemon around the engine (files, logs).
+
+    The engine does no I/O itself: the shell gives it one of these
+    (:attr:`Engine.operator`).
+    """
+
+    def note(self, text: str) -> None:
+        """``print``: write a line to the daemon's log."""
+
+    def set_tracing(self, on: bool) -> None:
+        """``log on|off``: start or stop the request trace (``-T``)."""
+
+    def set_trace_file(self, path: str) -> None:
+        """``logfile FILE``: trace to FILE from now on."""
+
+    def append_report(self, path: str | None, text: str) -> None:
+        """``memreport [FILE]``: append the report to FILE, or to the trace.
+
+        Raises:
+            OSError: the file cannot be written, or there is no trace file.
+        """
+
+
+class LoggingOperator:
+    """The operator of an engine with no daemon around it: it only logs."""
+
+    def note(self, text: str) -> None:
+        log.info("control: %s", text)
+
+    def set_tracing(self, on: bool) -> None:
+        log.info("control: request trace %s (no trace here)", "on" if on else "off")
+
+    def set_trace_file(self, path: str) -> None:
+        log.info("control: trace file %s (no trace here)", path)
+
+    def append_report(self, path: str | None, text: str) -> None:
+        raise OSError(f"no files are written here ({path or 'trace'})")
+
+
+def _arguments(args: list[str], count: int, usage: str) -> None:
+    # C counts the strings of the payload, so an empty argument counts too.
+    if len(args) != count:
+        raise InvalidArgument(usage)
 
 
 def _help(engine: Engine, args: list[str]) -> str:
@@ -40,31 +89,30 @@ def _help(engine: Engine, args: list[str]) -> str:
 
 
 def _check(engine: Engine, args: list[str]) -> str:
+    _arguments(args, 0, "check takes no argument")
     problems = audit(engine)
     if problems:
-        raise IOError_("; ".join(problems[:10]))
+        raise InternalError("; ".join(problems[:10]))
     return "OK"
 
 
 def _log(engine: Engine, args: list[str]) -> str:
-    if args == ["on"]:
-        engine.logging_enabled = True
-    elif args == ["off"]:
-        engine.logging_enabled = False
-    else:
+    _arguments(args, 1, "log on|off")
+    if args[0] not in ("on", "off"):
         raise InvalidArgument("log on|off")
+    engine.operator.set_tracing(args[0] == "on")
     return "OK"
 
 
 def _print(engine: Engine, args: list[str]) -> str:
-    if len(args) != 1:
-        raise InvalidArgument("print <string>")
-    engine.messages.append(args[0])
+    _arguments(args, 1, "print <string>")
+    engine.operator.note(args[0])
     return "OK"
 
 
 def _logfile(engine: Engine, args: list[str]) -> str:
-    engine.messages.append("reopen log file")
+    _arguments(args, 1, "logfile <file>")
+    engine.operator.set_trace_file(args[0])
     return "OK"
 
 
@@ -83,7 +131,7 @@ def _quota(engine: Engine, args: list[str]) -> str:
     if len(args) == 1:
         domid = parse_domid(args[0])
         if not engine.is_introduced(domid):
-            raise InvalidArgument(f"domain {domid} not introduced")
+            raise NoEntry(f"domain {domid} not introduced")
         used = engine.usage(domid)
         limits = engine.quotas.for_domain(domid)
         return "".join(
@@ -103,12 +151,21 @@ def _quota_soft(engine: Engine, args: list[str]) -> str:
 
 
 def _memreport(engine: Engine, args: list[str]) -> str:
-    return "".join(f"{key:<20} {value}\n" for key, value in engine.report().items())
+    if len(args) > 1:
+        raise InvalidArgument("memreport [<file>]")
+    text = "".join(f"{key:<20} {value}\n" for key, value in engine.report().items())
+    try:
+        engine.operator.append_report(args[0] if args else None, text)
+    except OSError as error:
+        # C fails with EBADF, which has no xenstore name: EINVAL on the wire.
+        raise InvalidArgument(f"memreport: {error}") from None
+    return "OK"
 
 
 def _number(text: str) -> int:
-    if not text.isascii() or not text.isdigit():
-        raise InvalidArgument(f"bad number {text!r}")
+    """A quota value: a positive decimal number (C refuses below 1)."""
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise InvalidArgument(f"bad quota value {text!r}")
     return int(text)
 
 
@@ -117,7 +174,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "help": (_help, "this list"),
     "log": (_log, "on|off: switch the request log"),
     "logfile": (_logfile, "reopen the log file"),
-    "memreport": (_memreport, "nodes, watches, connections and bytes in use"),
+    "memreport": (_memreport, "[<file>]: append the memory report to it or the trace"),
     "print": (_print, "<string>: write a line to the log"),
     "quota": (_quota, "[set <name> <value>|<domid>]: show or set quotas"),
     "quota-soft": (_quota_soft, "[set memory <value>]: soft memory quota"),

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from pyxenstored import paths
 from pyxenstored.engine.connections import Connection
+from pyxenstored.engine.control import LoggingOperator, Operator
 from pyxenstored.engine.domains import (
     DomainInfo,
     DomainState,
@@ -39,7 +40,13 @@ from pyxenstored.engine.domains import (
 from pyxenstored.engine.features import DEFAULT_DOMAIN_FEATURES
 from pyxenstored.engine.handlers import HANDLERS, NOTID, PRIV
 from pyxenstored.engine.seed import StagedWatches
-from pyxenstored.errors import NoEntry, NotSupported, PermissionDenied, XsError
+from pyxenstored.errors import (
+    InternalError,
+    NoEntry,
+    NotSupported,
+    PermissionDenied,
+    XsError,
+)
 from pyxenstored.paths import RELEASE_DOMAIN, SPECIAL_NODES, parent_of
 from pyxenstored.perms import READ_BIT, Perms, access_for
 from pyxenstored.store import tree
@@ -55,6 +62,13 @@ from pyxenstored.wire.payload import ENCODING
 __all__ = ["Engine", "EngineConfig"]
 
 log = logging.getLogger(__name__)
+
+
+def _op_name(op: int) -> str:
+    try:
+        return Op(op).name
+    except ValueError:
+        return f"type {op}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +125,8 @@ class Engine:
         self.staged: dict[int, StagedWatches] = {}
         #: SET_FEATURE values waiting for (or used by) INTRODUCE.
         self.feature_overrides: dict[int, ServerFeature] = {}
-        #: Set by CONTROL ``log``; the shell reads it.
-        self.logging_enabled = True
-        #: Messages from CONTROL ``print`` and the like, for the shell.
-        self.messages: list[str] = []
+        #: What CONTROL asks of the daemon (log lines, trace, report files).
+        self.operator: Operator = LoggingOperator()
 
     # -- connections --------------------------------------------------------
 
@@ -281,28 +293,58 @@ class Engine:
     # -- dispatch ------------------------------------------------------------
 
     def handle(self, conn: Connection, packet: Packet) -> None:
-        """Handle one request of ``conn``; replies and events are queued."""
-        entry = HANDLERS.get(packet.op)
+        """Handle one request of ``conn``; replies and events are queued.
+
+        Never raises.  A request either succeeds whole or changes nothing in
+        the store: an :class:`~pyxenstored.errors.XsError` becomes the
+        ERROR reply, and any other exception is a bug of ours, which must
+        not cost the client its connection: it is logged once with the
+        request, the store is put back as it was (:meth:`Store.rollback`),
+        a transaction the request acted in is failed (its commit answers
+        ENOMEM, as C's ``fail_transaction``), and the client gets EIO, as C
+        answers its own internal failures.
+        """
+        store = self.store
+        store.begin()
+        tx = None
         try:
+            entry = HANDLERS.get(packet.op)
             if entry is None:
                 raise NotSupported()
             func, flags = entry
             if flags & PRIV and not conn.privileged:
                 raise PermissionDenied()
-            tx = None
             if packet.tx_id and not flags & NOTID:
                 tx = conn.transactions.get(packet.tx_id)
                 if tx is None:
                     tx = self._doomed_transaction(conn, packet)
             payload = func(self, conn, packet, tx)
+            if store.changes:
+                changes = store.changes
+                store.changes = []
+                self.fire(changes)
         except XsError as error:
-            self.store.changes.clear()
+            store.rollback()
+            store.changes.clear()
             self.reply_error(conn, packet, error.code)
             return
-        if self.store.changes:
-            changes = self.store.changes
-            self.store.changes = []
-            self.fire(changes)
+        except Exception:
+            log.exception(
+                "%s: internal error handling %s (req_id %d, tx_id %d, payload %r); "
+                "answered EIO, nothing changed",
+                conn.describe(),
+                _op_name(packet.op),
+                packet.req_id,
+                packet.tx_id,
+                packet.payload[:256],
+            )
+            store.rollback()
+            store.changes.clear()
+            if tx is not None:
+                tx.failed = True
+            self.reply_error(conn, packet, InternalError.code)
+            return
+        store.end()
         if payload is not None:
             self.reply(conn, packet, payload)
 
@@ -369,6 +411,8 @@ class Engine:
         """Queue the watch events a list of changes causes."""
         connections = self.connections
         for change in changes:
+            if not change.perms:
+                continue
             matched = list(self.watches.matches(change.path, change.exact))
             if not matched:
                 continue
@@ -390,7 +434,7 @@ class Engine:
     def _may_see(self, conn: Connection, change: Change) -> bool:
         """XSA-115: tell only callers that may read the node or its parent."""
         candidates: tuple[Perms, ...] = change.perms
-        if change.path not in SPECIAL_NODES:
+        if change.parent and change.path not in SPECIAL_NODES:
             parent = self.store.get(parent_of(change.path))
             if parent is not None:
                 candidates = (*candidates, parent.perms)

@@ -138,10 +138,15 @@ def _listing(node: Node, *, cache: bool) -> bytes:
     """
     if cache and node.listing is not None and node.listing[0] == node.generation:
         return node.listing[1]
-    listing = "".join(f"{name}\0" for name in node.children).encode(ENCODING)
     if cache:
+        listing = "".join(f"{name}\0" for name in node.children).encode(ENCODING)
         node.listing = (node.generation, listing)
-    return listing
+        return listing
+    # A transaction's copy may list a name twice, the second time as
+    # ``name\0n`` (Transaction.link): listed as it is named.
+    return "".join(f"{name.split(chr(0))[0]}\0" for name in node.children).encode(
+        ENCODING
+    )
 
 
 def do_directory_part(
@@ -198,6 +203,7 @@ def do_set_perms(
     path = canonical(engine, conn, args[0], allow_special=True)
     if path[0] == "@":
         node = _special(engine, conn, path, WRITE_BIT | OWNER_BIT)
+        engine.store.changing(node)
         node.perms = perms
         return OK
     tree.set_perms(_view(engine, tx), conn, path, perms, engine.quotas)
@@ -268,7 +274,12 @@ def do_unwatch(
     args = split_args(packet.payload)
     if len(args) != 2:
         raise InvalidArgument("UNWATCH takes a path and a token")
-    path = canonical(engine, conn, args[0], allow_special=True)
+    try:
+        path = canonical(engine, conn, args[0], allow_special=True)
+    except InvalidArgument:
+        # No watch has an invalid path (WATCH refuses them): C 4.17 looks
+        # for one anyway and answers ENOENT.
+        raise NoEntry("no such watch") from None
     engine.watches.remove(conn.id, path, args[1])
     return OK
 

@@ -90,7 +90,6 @@ class _SocketClient(asyncio.BufferedProtocol):
         decoder = self.decoder
         decoder.receive_data(data)
         handle = daemon.engine.handle
-        tracer = daemon.tracer
         while True:
             try:
                 packet = decoder.next_packet()
@@ -101,6 +100,8 @@ class _SocketClient(asyncio.BufferedProtocol):
                 break
             if packet is NEED_DATA:
                 break
+            # Looked up each time: CONTROL ``log off`` closes it in handle().
+            tracer = daemon.tracer
             if tracer is not None:
                 tracer.request(self.name, packet)
             handle(conn, packet)
@@ -165,16 +166,45 @@ class Daemon:
         self.tracer: Tracer | None = None
         self._server: asyncio.AbstractServer | None = None
         self._stopped: asyncio.Event | None = None
+        #: Where the request trace goes (``-T``, CONTROL ``logfile``).
+        self.trace_file = config.trace_file
+        self.engine.operator = self
+
+    # -- CONTROL (the engine's Operator) ----------------------------------
+
+    def note(self, text: str) -> None:
+        log.info("control: %s", text)
+
+    def set_tracing(self, on: bool) -> None:
+        """``log on`` (re)opens the trace file, ``log off`` closes it (as C)."""
+        if self.tracer is not None:
+            self.tracer.close()
+            self.tracer = None
+        if on and self.trace_file:
+            try:
+                self.tracer = Tracer.open(self.trace_file)
+            except OSError as error:
+                log.error("cannot open the trace file %s: %s", self.trace_file, error)
+        log.info("request trace %s", "on" if self.tracer is not None else "off")
+
+    def set_trace_file(self, path: str) -> None:
+        self.trace_file = path
+        self.set_tracing(True)
+
+    def append_report(self, path: str | None, text: str) -> None:
+        if path is None:
+            if self.tracer is None:
+                raise OSError("no trace file is open")
+            self.tracer.write(text)
+            return
+        with open(path, "a", encoding="utf-8") as report:
+            report.write(text)
 
     # -- output ------------------------------------------------------------
 
     def flush(self) -> None:
         """Write out everything the engine queued, to every connection."""
         engine = self.engine
-        if engine.messages:
-            for message in engine.messages:
-                log.info("control: %s", message)
-            engine.messages.clear()
         for conn in engine.take_pending():
             client = self.clients.get(conn.id)
             messages = conn.take_output()
@@ -220,8 +250,8 @@ class Daemon:
 
     async def start(self) -> None:
         """Bind the socket and start accepting clients."""
-        if self.config.trace_file:
-            self.tracer = Tracer.open(self.config.trace_file)
+        if self.trace_file:
+            self.tracer = Tracer.open(self.trace_file)
         sock = self._bind()
         loop = asyncio.get_running_loop()
         if self.config.host_dir:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TextIO
 
@@ -10,12 +11,15 @@ from pyxenstored.wire.packet import HEADER, Packet, escape, op_name
 
 __all__ = ["Tracer"]
 
+log = logging.getLogger(__name__)
+
 
 class Tracer:
     """Writes trace lines to an open text file (line buffered)."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
+        self._failed = False
 
     @classmethod
     def open(cls, path: str) -> Tracer:
@@ -26,7 +30,7 @@ class Tracer:
         self, conn: str, direction: str, op: int, req: int, tx: int, payload: bytes
     ) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self._stream.write(
+        self.write(
             f"{stamp} {conn} {direction} {op_name(op)} req={req} tx={tx} "
             f'"{escape(payload)}"\n'
         )
@@ -41,7 +45,21 @@ class Tracer:
 
     def note(self, conn: str, text: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self._stream.write(f"{stamp} {conn} --- {text}\n")
+        self.write(f"{stamp} {conn} --- {text}\n")
+
+    def write(self, text: str) -> None:
+        """Append text as it is (CONTROL ``memreport`` without a file).
+
+        A trace that cannot be written (disk full) stops with one warning:
+        tracing must never cost a client its request.
+        """
+        if self._failed:
+            return
+        try:
+            self._stream.write(text)
+        except (OSError, ValueError) as error:
+            self._failed = True
+            log.warning("request trace stopped: %s", error)
 
     def close(self) -> None:
         self._stream.close()

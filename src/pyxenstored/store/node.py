@@ -94,9 +94,13 @@ class Change(NamedTuple):
         exact: only watches on exactly this path fire (descendants removed
             by RM); otherwise watches on the path and its ancestors fire.
         perms: permission lists under which a watcher that can read any of
-            them is told (new, old and parent's permissions, XSA-115).
+            them is told (new, old and parent's permissions, XSA-115);
+            none at all: nobody is told, not even the privileged domain.
+        parent: whoever may read the current parent of ``path`` is told
+            too (C reads the parent when the node's own lists deny).
     """
 
     path: str
     exact: bool
     perms: tuple[Perms, ...]
+    parent: bool = True

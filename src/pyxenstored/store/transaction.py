@@ -29,6 +29,8 @@ Theory of operation:
 from __future__ import annotations
 
 from pyxenstored.errors import NoSpace, OutOfMemory, TransactionConflict
+from pyxenstored.paths import parent_of
+from pyxenstored.perms import Perms
 from pyxenstored.store.node import Change, Node, node_bytes
 from pyxenstored.store.quota import Quotas
 from pyxenstored.store.tree import Store
@@ -96,6 +98,25 @@ class Transaction:
         self.nodes[path] = copy
         return copy
 
+    def changing(self, node: Node) -> None:
+        """Nothing to keep: the node is this transaction's private copy."""
+
+    def link(self, parent: Node, name: str) -> None:
+        if name in parent.children:
+            # The copy of the parent is out of date and still lists a child
+            # that has gone since.  C appends the name to its child string
+            # again, so from now on this transaction sees it twice; the
+            # second entry is kept under a key no real name can have
+            # (``name\0n``).  The transaction can only end in EAGAIN.
+            count = 1
+            while f"{name}\0{count}" in parent.children:
+                count += 1
+            name = f"{name}\0{count}"
+        parent.add_child(name)
+
+    def unlink(self, parent: Node, name: str) -> None:
+        del parent.children[name]
+
     def touched(self, path: str, node: Node) -> None:
         self.modified[path] = None
         charge = node_bytes(path, node)
@@ -136,17 +157,11 @@ class Transaction:
         return self.store.owned_bytes(domid) + self.bytes_delta.get(domid, 0)
 
     def record(self, change: Change) -> None:
+        # Fire once per path, in the widest mode asked; who may see it is
+        # decided at commit (:meth:`_fired`).
         earlier = self.changes.get(change.path)
-        if earlier is None:
+        if earlier is None or (earlier.exact and not change.exact):
             self.changes[change.path] = change
-        else:
-            # Fire once per path, widest mode, every permission list seen.
-            perms = earlier.perms + tuple(
-                p for p in change.perms if p not in earlier.perms
-            )
-            self.changes[change.path] = Change(
-                change.path, earlier.exact and change.exact, perms
-            )
 
     def _check_memory_at_commit(self) -> None:
         """ENOMEM if the commit takes the caller's nodes over its memory quota.
@@ -207,6 +222,7 @@ class Transaction:
             if self.quotas.exceeded(store.owned(domid) + delta, limit):
                 raise NoSpace("node quota reached at commit")
         self._check_memory_at_commit()
+        fired = self._fired()
         # Removals first, while the committed tree still reaches them; then
         # the copies, parents before children, so each is linked under the
         # committed version of its parent (Store.replace).
@@ -218,10 +234,41 @@ class Transaction:
             node = nodes[path]
             if node is not None:
                 store.replace(path, node)
-        # C fires at commit in the order the transaction first accessed the
-        # nodes (its list of accessed nodes), not in modification order.
-        changes = self.changes
-        fired = [changes[path] for path in self.accessed if path in changes]
-        if len(fired) != len(changes):
-            fired += [c for path, c in changes.items() if path not in self.accessed]
+        return fired
+
+    def _fired(self) -> list[Change]:
+        """The changes to fire at commit, before the commit applies them.
+
+        C (``finalize_transaction``) applies the nodes one by one in the
+        order the transaction first accessed them, firing each right after
+        applying it, so who may see an event is decided on the tree as
+        committed *so far*: whoever may read the node as it was at first
+        access (the committed node now: the commit checked it is
+        unchanged), or, if the node exists once applied, whoever may read
+        it or its parent as it stands at that moment.  A node that did not
+        exist before and does not exist after (created and removed in the
+        transaction) gets no event at all, not even for the privileged.
+        """
+        store = self.store
+        nodes = self.nodes
+        modified = self.modified
+        applied: set[str] = set()
+        fired = []
+        for path in self.accessed:
+            if path in modified:
+                applied.add(path)
+            change = self.changes.get(path)
+            if change is None:
+                continue
+            before = store.get(path)
+            after = nodes[path]
+            perms: tuple[Perms, ...] = () if before is None else (before.perms,)
+            if after is not None:
+                perms += (after.perms,)
+                up = parent_of(path)
+                parent = nodes[up] if up in applied else store.get(up)
+                if parent is not None:
+                    perms += (parent.perms,)
+            if perms:
+                fired.append(Change(path, change.exact, perms, parent=False))
         return fired

@@ -16,10 +16,12 @@ as it was at that first access.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Protocol
 
 from pyxenstored.errors import (
+    InternalError,
     InvalidArgument,
     NoEntry,
     NoSpace,
@@ -38,7 +40,14 @@ from pyxenstored.perms import (
     Perms,
     access_for,
 )
-from pyxenstored.store.node import NO_CHILDREN, Change, Node, node_bytes, node_size
+from pyxenstored.store.node import (
+    NO_CHILDREN,
+    Change,
+    Children,
+    Node,
+    node_bytes,
+    node_size,
+)
 from pyxenstored.store.quota import Quotas
 
 __all__ = [
@@ -77,12 +86,21 @@ class View(Protocol):
 
     def get(self, path: str) -> Node | None: ...
 
+    def changing(self, node: Node) -> None:
+        """``node`` (returned by :meth:`get`) is about to be modified in place."""
+
     def touched(self, path: str, node: Node) -> None:
         """``node`` (returned by :meth:`get`) was modified in place."""
 
     def created(self, path: str, node: Node) -> None: ...
 
     def deleted(self, path: str, node: Node) -> None: ...
+
+    def link(self, parent: Node, name: str) -> None:
+        """Add ``name`` to the children of ``parent`` (a node being created)."""
+
+    def unlink(self, parent: Node, name: str) -> None:
+        """Remove ``name`` from the children of ``parent``."""
 
     def owner_changed(self, old: int, new: int, node: Node) -> None: ...
 
@@ -126,6 +144,9 @@ class Store:
         self._perm_lists: dict[Perms, Perms] = {}
         #: Changes made since the engine last collected them.
         self.changes: list[Change] = []
+        #: Undo steps of the request being handled, newest last (None: not
+        #: recording).  See :meth:`begin` and :meth:`rollback`.
+        self.journal: list[Callable[[], None]] | None = None
         self.special: dict[str, Node] = {
             name: Node(b"", none_priv) for name in SPECIAL_NODES
         }
@@ -150,6 +171,38 @@ class Store:
                     for name, child in reversed(node.children.items())
                     if child is not None
                 )
+
+    # -- undoing a failed request ----------------------------------------------
+
+    def begin(self) -> None:
+        """Start recording how to undo each change (one request's worth).
+
+        Every change to the committed tree goes through the methods below,
+        and each records its undo step first, so :meth:`rollback` can put the
+        tree, the accounts and the child order back exactly as they were if
+        the request fails half way (an internal error, or an error found
+        after a change).  Generations are not put back: they only need to
+        be unique, and a node that is put back gets its old one again.
+        """
+        self.journal = []
+
+    def end(self) -> None:
+        """Stop recording; the changes since :meth:`begin` stand."""
+        self.journal = None
+
+    def rollback(self) -> None:
+        """Undo every change since :meth:`begin`, newest first, and stop."""
+        journal = self.journal
+        self.journal = None
+        if journal:
+            for undo in reversed(journal):
+                undo()
+
+    def _restore_entry(self, table: dict[int, int], key: int) -> None:
+        journal = self.journal
+        if journal is not None:
+            old = table.get(key)
+            journal.append(partial(_put_back, table, key, old))
 
     # -- View -------------------------------------------------------------
 
@@ -177,6 +230,11 @@ class Store:
         elif len(pool) < _PERM_LISTS_SHARED:
             pool[node.perms] = node.perms
 
+    def changing(self, node: Node) -> None:
+        journal = self.journal
+        if journal is not None:
+            journal.append(partial(_restore_node, node, _saved(node)))
+
     def touched(self, path: str, node: Node) -> None:
         self._stamp(node)
         self._share(node)
@@ -186,6 +244,8 @@ class Store:
 
     def _count(self, domid: int, delta: int) -> None:
         counts = self.owner_counts
+        if self.journal is not None:
+            self._restore_entry(counts, domid)
         value = counts.get(domid, 0) + delta
         if value:
             counts[domid] = value
@@ -194,11 +254,33 @@ class Store:
 
     def _charge(self, domid: int, delta: int) -> None:
         charged = self.owner_bytes
+        if self.journal is not None:
+            self._restore_entry(charged, domid)
         value = charged.get(domid, 0) + delta
         if value:
             charged[domid] = value
         else:
             charged.pop(domid, None)
+
+    def _link(self, parent: Node, name: str, child: Node | None) -> None:
+        journal = self.journal
+        if journal is not None:
+            old = parent.children.get(name, _ABSENT)
+            journal.append(partial(_relink, parent, name, old, parent.children))
+        parent.add_child(name, child)
+
+    def link(self, parent: Node, name: str) -> None:
+        self._link(parent, name, None)
+
+    def unlink(self, parent: Node, name: str) -> None:
+        children = parent.children
+        journal = self.journal
+        if journal is not None:
+            # Where it stood, so the child order comes back too (O(children),
+            # as C's memmove of the child list).
+            index = list(children).index(name)
+            journal.append(partial(_reinsert, children, index, name, children[name]))
+        del children[name]
 
     def _parent(self, path: str) -> Node:
         parent = self.get(parent_of(path))
@@ -215,7 +297,7 @@ class Store:
         if parent is not None:
             # The parent has the name already (tree operations list the
             # child first, with an interned name): this keeps that key.
-            parent.add_child(path[path.rfind("/") + 1 :], node)
+            self._link(parent, path[path.rfind("/") + 1 :], node)
         owner = node.perms[0].domid
         self._count(owner, 1)
         node.acct = node_bytes(path, node)
@@ -280,9 +362,11 @@ class Store:
         self._stamp(node)
         self._share(node)
         if parent is None:
+            if self.journal is not None:
+                self.journal.append(partial(setattr, self, "root", self.root))
             self.root = node
         else:
-            parent.add_child(path[path.rfind("/") + 1 :], node)
+            self._link(parent, path[path.rfind("/") + 1 :], node)
 
     def remove(self, path: str) -> None:
         """Account for a node a transaction removed.
@@ -296,6 +380,58 @@ class Store:
             self.deleted(path, old)
 
 
+#: In a journal: the child name was not there before.
+_ABSENT = Node(b"", ())
+
+_Saved = tuple[bytes, Perms, Children, int, int, "tuple[int, bytes] | None"]
+
+
+def _saved(node: Node) -> _Saved:
+    return (
+        node.value,
+        node.perms,
+        node.children,
+        node.generation,
+        node.acct,
+        node.listing,
+    )
+
+
+def _restore_node(node: Node, saved: _Saved) -> None:
+    (
+        node.value,
+        node.perms,
+        node.children,
+        node.generation,
+        node.acct,
+        node.listing,
+    ) = saved
+
+
+def _put_back(table: dict[int, int], key: int, old: int | None) -> None:
+    if old is None:
+        table.pop(key, None)
+    else:
+        table[key] = old
+
+
+def _relink(parent: Node, name: str, old: Node | None, children: Children) -> None:
+    if parent.children is not children:
+        # The first child of a leaf replaced the shared empty dict.
+        parent.children = children
+    elif old is _ABSENT:
+        del children[name]
+    else:
+        children[name] = old
+
+
+def _reinsert(children: Children, index: int, name: str, child: Node | None) -> None:
+    items = list(children.items())
+    items.insert(index, (name, child))
+    children.clear()
+    children.update(items)
+
+
 # -- helpers ---------------------------------------------------------------
 
 
@@ -304,14 +440,30 @@ def _access(caller: Caller, perms: Perms) -> int:
 
 
 def _missing_error(view: View, caller: Caller, path: str, want: int) -> XsError:
-    """ENOENT or EACCES for a missing node, hiding its existence (5.4)."""
+    """ENOENT or EACCES for a missing node, hiding its existence (5.4).
+
+    As C's ``errno_from_parents``: ENOENT when the nearest existing
+    ancestor grants any of the wanted rights.
+    """
     ancestor = parent_of(path)
     node = view.get(ancestor)
     while node is None:
         ancestor = parent_of(ancestor)
         node = view.get(ancestor)
-    if _access(caller, node.perms) & want == want:
+    if _access(caller, node.perms) & want:
         return NoEntry()
+    return PermissionDenied()
+
+
+def _denied(view: View, caller: Caller, path: str, want: int) -> XsError:
+    """EACCES for a node the caller may not use.
+
+    C reads the ancestors up to the nearest existing one first (to choose
+    between errors it ends up not choosing), so a transaction accesses
+    them: their changes make its commit fail, and it sees them as they
+    were from then on.
+    """
+    _missing_error(view, caller, path, want)
     return PermissionDenied()
 
 
@@ -321,7 +473,7 @@ def _lookup(view: View, caller: Caller, path: str, want: int) -> Node:
     if node is None:
         raise _missing_error(view, caller, path, want)
     if _access(caller, node.perms) & want != want:
-        raise PermissionDenied()
+        raise _denied(view, caller, path, want)
     return node
 
 
@@ -373,11 +525,12 @@ def write(view: View, caller: Caller, path: str, value: bytes, quotas: Quotas) -
         _create(view, caller, path, value, quotas)
         return
     if _access(caller, node.perms) & WRITE_BIT == 0:
-        raise PermissionDenied()
+        raise _denied(view, caller, path, WRITE_BIT)
     if not caller.privileged:
         _check_size(quotas, caller, Node(value, node.perms, node.children))
         grow = len(value) - len(node.value)
         _check_memory(view, quotas, caller, node.perms[0].domid, grow)
+    view.changing(node)
     node.value = value
     view.touched(path, node)
     view.record(Change(path, False, (node.perms,)))
@@ -389,7 +542,7 @@ def mkdir(view: View, caller: Caller, path: str, quotas: Quotas) -> None:
     if node is None:
         _create(view, caller, path, b"", quotas)
     elif _access(caller, node.perms) & WRITE_BIT == 0:
-        raise PermissionDenied()
+        raise _denied(view, caller, path, WRITE_BIT)
 
 
 def _create(
@@ -420,8 +573,9 @@ def _create(
         cost = len(value) + sum(node_bytes(p, Node(b"", perms)) for p in missing)
         _check_memory(view, quotas, caller, caller.domid, cost)
     first = missing[-1]
+    view.changing(parent)
     # Child names repeat across domains ("state", "backend"...): share them.
-    parent.add_child(sys.intern(first[first.rfind("/") + 1 :]))
+    view.link(parent, sys.intern(first[first.rfind("/") + 1 :]))
     view.touched(ancestor, parent)
     for i in range(len(missing) - 1, 0, -1):
         child = missing[i - 1]
@@ -435,6 +589,14 @@ def rm(view: View, caller: Caller, path: str) -> None:
     """RM: remove a node and its whole subtree.
 
     A missing node whose parent exists is not an error (C compatibility).
+
+    In a transaction the view can be out of date: each node is seen as it
+    was at its first access, so a parent may be gone, a child listed that
+    no longer exists, or a child not listed.  Such a transaction can only
+    end in EAGAIN (the nodes it saw have changed), but until then it gets
+    C's answers: EINVAL when the parent is missing, EIO when the subtree or
+    the parent's child list does not match, with what was removed before
+    the mismatch staying removed in the transaction, as in C.
     """
     node = view.get(path)
     if node is None:
@@ -443,39 +605,86 @@ def rm(view: View, caller: Caller, path: str) -> None:
             return
         raise error
     if _access(caller, node.perms) & WRITE_BIT == 0:
-        raise PermissionDenied()
+        raise _denied(view, caller, path, WRITE_BIT)
     if path == "/":
         raise InvalidArgument("cannot remove the root")
     parent_path = parent_of(path)
     parent = view.get(parent_path)
-    assert parent is not None, f"{path} has no parent"
-    # Walk the subtree depth first, as C's walk_node_tree does: a node is
-    # read when the walk enters it (so a transaction accesses the nodes, and
-    # fires them at commit, in that order) and removed when the walk leaves
-    # it.  The events follow the removals: children before their parent,
-    # descendants in exact mode, the root last in subtree mode (C 4.17
-    # delnode_sub).
-    removed: list[tuple[str, Node]] = []
-    stack: list[tuple[str, Node | None, bool]] = [(path, node, False)]
-    while stack:
-        current, cnode, leaving = stack.pop()
-        if cnode is None:
-            cnode = view.get(current)
-            if cnode is None:
-                continue
-        if leaving:
-            removed.append((current, cnode))
-            continue
-        stack.append((current, cnode, True))
-        prefix = current if current != "/" else ""
-        stack.extend(
-            (f"{prefix}/{name}", None, False) for name in reversed(cnode.children)
-        )
-    for cpath, cnode in removed:
-        view.record(Change(cpath, cpath != path, (cnode.perms,)))
+    if parent is None:
+        raise InvalidArgument(f"{path}: the parent is gone in this transaction")
+    removed, complete = _subtree(view, path, node)
+    for cpath, cnode, wparent in removed:
+        # The events follow the removals: children before their parent,
+        # descendants in exact mode, the root last in subtree mode (C 4.17
+        # delnode_sub); each may be seen by whoever may read the node or the
+        # parent it was removed from.
+        ppath, pnode = (parent_path, parent) if wparent is None else wparent
+        view.record(Change(cpath, cpath != path, (cnode.perms, pnode.perms)))
         view.deleted(cpath, cnode)
-    del parent.children[path[path.rfind("/") + 1 :]]
-    view.touched(parent_path, parent)
+        if not complete and wparent is not None:
+            # C takes each child out of its parent as it goes, so a walk cut
+            # short leaves the parents it did not reach without them.
+            _unlink(view, ppath, pnode, cpath[cpath.rfind("/") + 1 :])
+    if not complete:
+        raise InternalError(f"{path}: a child is missing in this transaction")
+    name = path[path.rfind("/") + 1 :]
+    if not _unlink(view, parent_path, parent, name):
+        raise InternalError(f"{parent_path} does not list {name} in this transaction")
+
+
+def _unlink(view: View, path: str, node: Node, name: str) -> bool:
+    """Take the first entry for ``name`` out of ``node``'s children."""
+    key = name
+    if name not in node.children:
+        # Only a transaction's view lists a name twice (Transaction.link).
+        twice = [k for k in node.children if k.split("\0")[0] == name]
+        if not twice:
+            return False
+        key = twice[0]
+    view.changing(node)
+    view.touched(path, node)
+    view.unlink(node, key)
+    return True
+
+
+_Removed = tuple[str, Node, "tuple[str, Node] | None"]
+
+
+def _subtree(view: View, path: str, node: Node) -> tuple[list[_Removed], bool]:
+    """The nodes RM removes, in the order it removes them.
+
+    The walk is C's walk_node_tree: depth first, children in order, a node
+    read (so accessed by a transaction) when the walk enters it and removed
+    when it leaves it.  Each comes with the path and node of the parent it
+    is removed from (None for the root of the removal).  The flag is False
+    when a listed child could not be read (a transaction's out-of-date
+    view, or its node quota): the walk stops there, as C's does.
+    """
+    removed: list[_Removed] = []
+    gone: set[str] = set()
+    frames: list[tuple[str, Node, tuple[str, Node] | None, Iterator[str]]] = [
+        (path, node, None, iter(node.children))
+    ]
+    while frames:
+        cpath, cnode, wparent, names = frames[-1]
+        name = next(names, None)
+        if name is None:
+            frames.pop()
+            removed.append((cpath, cnode, wparent))
+            gone.add(cpath)
+            continue
+        if "\0" in name:
+            name = name.split("\0")[0]  # listed twice (Transaction.link)
+        child_path = f"{cpath}/{name}" if cpath != "/" else f"/{name}"
+        try:
+            # A name met again was removed when the walk left it (in C).
+            child = None if child_path in gone else view.get(child_path)
+        except XsError:
+            child = None
+        if child is None:
+            return removed, False
+        frames.append((child_path, child, (cpath, cnode), iter(child.children)))
+    return removed, True
 
 
 def set_perms(
@@ -494,6 +703,7 @@ def set_perms(
         _check_size(quotas, caller, Node(node.value, perms, node.children))
         grow = 8 * (len(perms) - len(old))
         _check_memory(view, quotas, caller, old[0].domid, grow)
+    view.changing(node)
     node.perms = perms
     if old[0].domid != perms[0].domid:
         view.owner_changed(old[0].domid, perms[0].domid, node)
