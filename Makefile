@@ -6,6 +6,9 @@
 #                BENCH_ARGS=--quick for ~1; see docs/benchmarks.md)
 #   make fuzz    the protocol fuzzer, long version (FUZZ_EXAMPLES=10000, about
 #                four minutes; see docs/security.md)
+#   make fuzz-diff  random request streams against C xenstored, long version
+#                (FUZZDIFF_SEEDS=100 x FUZZDIFF_OPS=300 operations, about a
+#                minute when nothing differs; tests/difffuzz)
 #   make soak    200 socket clients and 100 guests on one daemon (SOAK_SECONDS=60,
 #                about two minutes; see docs/security.md)
 #
@@ -20,9 +23,11 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 FUZZ_EXAMPLES ?= 10000
+FUZZDIFF_SEEDS ?= 100
+FUZZDIFF_OPS ?= 300
 SOAK_SECONDS ?= 60
 
-.PHONY: test lint typecheck pytest deps peers demo bench fuzz soak clean
+.PHONY: test lint typecheck pytest deps peers demo bench fuzz fuzz-diff soak clean
 
 test: lint typecheck pytest
 
@@ -73,6 +78,12 @@ bench: deps $(BENCH_STAMP)
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=dev FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
 		$(PY) -bb -m pytest tests/fuzz
+
+# Not part of `make test` either: that plays 32 fixed seeds of 250 operations
+# (tests/integration/test_random_differential.py).
+fuzz-diff: deps
+	FUZZDIFF_SEEDS=$(FUZZDIFF_SEEDS) FUZZDIFF_OPS=$(FUZZDIFF_OPS) \
+		$(PY) -bb -m tests.difffuzz
 
 soak: $(STAMP)
 	PYXS_SOAK=1 SOAK_SECONDS=$(SOAK_SECONDS) \
