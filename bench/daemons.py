@@ -1,6 +1,6 @@
 """Start, watch and stop the three daemons under test.
 
-* ``py``: pyxenstored, ``python -m pyxenstored.cli.xenstored --socket
+* ``py``: pyxenstored, ``python -m pyxenstored.cli.xenstored -N --socket
   DIR/socket --host-dir DIR`` (this interpreter, so the editable install);
 * ``c``: Debian's C xenstored 4.17 under the peers' shim
   (``start-c-xenstored.sh``);
@@ -197,6 +197,7 @@ def start(kind: str, directory: Path) -> Daemon:
                 sys.executable,
                 "-m",
                 "pyxenstored.cli.xenstored",
+                "-N",
                 "--socket",
                 str(sock),
                 "--host-dir",

@@ -26,6 +26,10 @@ PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
 
 #: The event loop of the daemons the fixtures start (``--event-loop``).
 EVENT_LOOP = ["asyncio"]
+#: The hypervisor backend of the daemons that serve guests (``--backend``).
+BACKEND = ["emulated"]
+#: The peers' shim answering the Xen library calls over a host directory.
+SHIM = Path("/tmp/peers/build/libxenshim.so")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,14 +40,42 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="the event loop of the pyxenstored daemons started by the fixtures "
         "(make test runs the integration tests on both)",
     )
+    parser.addoption(
+        "--backend",
+        choices=("emulated", "xen"),
+        default="emulated",
+        help="how daemons given a host directory serve guests: the emulation, "
+        "or the Xen libraries answered by the peers' shim (make test runs the "
+        "guest tests on both)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     EVENT_LOOP[0] = config.getoption("--event-loop")
+    BACKEND[0] = config.getoption("--backend")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"pyxenstored daemons on the {EVENT_LOOP[0]} event loop"
+    return (
+        f"pyxenstored daemons on the {EVENT_LOOP[0]} event loop, "
+        f"guests through the {BACKEND[0]} backend"
+    )
+
+
+def backend_args(extra: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``extra`` and the environment for the backend chosen by ``--backend``.
+
+    With ``xen``, ``--host-dir DIR`` becomes ``--hypervisor xen`` with the
+    shim preloaded over DIR: the daemon then calls the real Xen libraries'
+    entry points, exactly as C xenstored does under the same shim.
+    """
+    env = dict(os.environ)
+    if BACKEND[0] != "xen" or "--host-dir" not in extra:
+        return extra, env
+    i = extra.index("--host-dir")
+    directory = extra[i + 1]
+    env.update(LD_PRELOAD=str(SHIM), XS_SHIM_DIR=directory)
+    return [*extra[:i], "--hypervisor", "xen", *extra[i + 2 :]], env
 
 
 @pytest.fixture
@@ -84,11 +116,13 @@ class RunningDaemon:
         self.socket = directory / "socket"
         self.log = directory / "daemon.log"
         self.trace = directory / "trace"
+        extra, env = backend_args(extra)
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 module,
+                "-N",
                 "--socket",
                 str(self.socket),
                 "--log-file",
@@ -99,6 +133,7 @@ class RunningDaemon:
                 EVENT_LOOP[0],
                 *extra,
             ],
+            env=env,
         )
         wait_for_socket(self.socket, self.proc)
 

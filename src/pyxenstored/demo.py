@@ -44,7 +44,7 @@ def daemon(name: str, directory: str, *extra: str) -> Iterator[Host]:
     socket = os.path.join(directory, "socket")
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "pyxenstored.cli.xenstored",
+            sys.executable, "-m", "pyxenstored.cli.xenstored", "-N",
             "--socket", socket, "--host-dir", directory,
             "--log-file", os.path.join(directory, "daemon.log"), *extra,
         ]

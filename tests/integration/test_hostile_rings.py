@@ -40,7 +40,7 @@ from pyxenstored.errors import BrokenConnection, NoEntry
 from pyxenstored.sim.ring import GuestRing, HostDir
 from pyxenstored.sim.toolstack import Toolstack
 from pyxenstored.wire.ops import Op
-from tests.conftest import RunningDaemon
+from tests.conftest import BACKEND, RunningDaemon
 from tests.ringtools import Page, drain
 
 BAD = 1
@@ -361,7 +361,9 @@ def test_death_mid_request(host: RunningDaemon, how: str) -> None:
         assert dom0.read(f"{bad_home}/name") == f"guest{BAD}".encode()
         with pytest.raises(NoEntry):
             dom0.release(BAD)
-    assert not (host.directory / f"port-{BAD}").exists()
+    if BACKEND[0] == "emulated":
+        # The emulation removes the port file on unbind; the shim keeps it.
+        assert not (host.directory / f"port-{BAD}").exists()
     ring.close()
 
 

@@ -41,7 +41,7 @@ from pyxenstored.errors import (
 from pyxenstored.sim.ring import GuestRing, HostDir
 from pyxenstored.sim.toolstack import Toolstack
 from pyxenstored.wire.ops import Op
-from tests.conftest import RunningDaemon
+from tests.conftest import BACKEND, RunningDaemon
 from tests.ringtools import Page, drain
 
 #: Bound on every wait in this file.
@@ -648,7 +648,9 @@ def test_xsa325_broken_ring_does_not_prevent_cleanup(
         assert drain(dom0) == [("@releaseDomain", "gone")]
     assert not dom0.is_domain_introduced(1)
     assert host.naming(1) == {}
-    assert not (host.dir / "port-1").exists()
+    if BACKEND[0] == "emulated":
+        # The emulation removes the port file on unbind; the shim keeps it.
+        assert not (host.dir / "port-1").exists()
     with pytest.raises(NoEntry):
         dom0.release(1)
 

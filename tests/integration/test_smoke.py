@@ -28,6 +28,7 @@ def test_stale_socket_is_replaced_and_live_one_refused(daemon: RunningDaemon) ->
             sys.executable,
             "-m",
             "pyxenstored.cli.xenstored",
+            "-N",
             "--socket",
             str(daemon.socket),
         ],

@@ -108,6 +108,7 @@ def test_soak(short_tmp: Path) -> None:
             sys.executable,
             "-m",
             "pyxenstored.cli.xenstored",
+            "-N",
             "--socket",
             str(short_tmp / "socket"),
             "--log-file",

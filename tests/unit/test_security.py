@@ -159,17 +159,17 @@ def test_reap_forgets_dead_domains_that_were_never_introduced(world: World) -> N
     world.ok(d0, Op.SET_PERMS, b"/backend\0n0\0r5\0r2\0r9\0")  # r9: stale
     world.ok(d0, Op.SET_QUOTA, b"5\0nodes\0" + b"77\0")
     world.ok(d0, Op.SET_FEATURE, b"5\0" + b"1\0")
-    engine.hypervisor = Hypervisor(world.running)
+    engine.domains.hypervisor = Hypervisor(world.running)
     assert reap_unintroduced(engine) == []  # 5 is alive: nothing to do
     world.running.discard(5)
     engine.fire(reap_unintroduced(engine))
     assert engine.store.get("/local/domain/5/own") is None
     assert world.perms("/backend") == ["n0", "r2", "r9"]
     assert engine.quotas.for_domain(5).nodes == 1000
-    assert 5 not in engine.feature_overrides
+    assert not engine.domains.has_features(5)
     # Nothing left to do, and the stale r9 is not churned at every VIRQ.
     assert reap_unintroduced(engine) == []
-    engine.hypervisor = None
+    engine.domains.hypervisor = None
 
 
 def test_deep_trees_are_walked_without_recursion(world: World) -> None:

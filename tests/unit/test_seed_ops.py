@@ -106,7 +106,7 @@ class Host:
     def __init__(self, **limits: int) -> None:
         self.hv = MemoryHypervisor()
         self.engine = Engine(EngineConfig(limits=Limits(**limits)))
-        self.engine.hypervisor = self.hv
+        self.engine.domains.hypervisor = self.hv
         self.dom0 = Peer(self.engine, self.engine.connect_socket())
 
     def create(self, domid: int = DOMID) -> None:
@@ -118,7 +118,9 @@ class Host:
 
     def introduce(self, domid: int = DOMID, port: int = 3) -> Peer:
         assert self.dom0.ok(Op.INTRODUCE, str(domid), "4095", str(port)) == OK
-        return Peer(self.engine, self.engine.introduced[domid])
+        conn = self.engine.domains.connection(domid)
+        assert conn is not None
+        return Peer(self.engine, conn)
 
     def guest(self, domid: int = DOMID) -> Peer:
         self.create(domid)

@@ -1,7 +1,11 @@
 """``pyxenstored``: the daemon's command line.
 
-Quota options carry C xenstored's names, meanings and defaults
-(PROTOCOL.md section 10).  The daemon always runs in the foreground.
+It takes C xenstored's options, so that Debian's ``/etc/init.d/xen`` and
+``xenstore-control`` can start it in C's place (docs/realxen.md).  As C,
+it forks unless ``-N/--no-fork`` is given; unlike C, the parent exits
+only once the daemon serves, non-zero with the reason when it does not
+(server/startup.py).  Quota options carry C's names, meanings and
+defaults (PROTOCOL.md section 10).
 """
 
 from __future__ import annotations
@@ -10,14 +14,21 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import logging.handlers
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from pyxenstored import __version__
 from pyxenstored.engine.engine import EngineConfig
 from pyxenstored.errors import InvalidArgument
+from pyxenstored.server import startup
+from pyxenstored.server.backends import BACKENDS, make_platform
 from pyxenstored.server.config import Config, default_socket_path
 from pyxenstored.server.daemon import Daemon, SocketInUse
+from pyxenstored.server.guests import Platform
+from pyxenstored.server.startup import Outcome, PidFile, PidFileHeld, Report
 from pyxenstored.store.quota import Limits, QuotaRule, field_for
 
 log = logging.getLogger("pyxenstored")
@@ -42,12 +53,22 @@ def _assignment(text: str) -> tuple[str, int]:
     return name, _positive(value)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with bad input reported in one line (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (--help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pyxenstored",
-        description="xenstore daemon (foreground). Serves dom0 clients on a "
-        "Unix socket.",
+        description="xenstore daemon. Serves dom0 clients on a Unix socket and, "
+        "through a hypervisor backend, guest domains on their rings. Forks into "
+        "the background once it serves, unless -N is given.",
+        add_help=False,
     )
+    p.add_argument("-h", "-H", "--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument(
         "--socket",
@@ -74,7 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="asyncio's own loop, or uvloop (installed with the 'uvloop' extra); "
         "auto: uvloop when it is installed (default)",
     )
-    p.add_argument("-F", "--pid-file", metavar="FILE", help="write the pid here")
+    p.add_argument(
+        "--hypervisor",
+        choices=BACKENDS,
+        default="auto",
+        help="how guests are reached: the Xen libraries, the emulation of "
+        "--host-dir, or none (sockets only); auto: xen on a dom0, else emulated "
+        "with --host-dir, else none (default)",
+    )
+    p.add_argument(
+        "-F",
+        "--pid-file",
+        metavar="FILE",
+        help="lock FILE and write the daemon's pid in it; if another daemon "
+        "holds it, exit 0 at once",
+    )
+    p.add_argument(
+        "-P",
+        "--output-pid",
+        action="store_true",
+        help="print the daemon's pid on stdout once it serves",
+    )
     p.add_argument("--log-file", metavar="FILE", help="log here instead of stderr")
     p.add_argument(
         "-T", "--trace-file", metavar="FILE", help="trace every request, reply, event"
@@ -82,7 +123,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-v", "-V", "--verbose", action="count", default=0, help="more logging"
     )
-    p.add_argument("-N", "--no-fork", action="store_true", help="accepted; always so")
+    p.add_argument(
+        "-N",
+        "--no-fork",
+        action="store_true",
+        help="stay in the foreground (default: fork once serving, as C xenstored)",
+    )
+    p.add_argument(
+        "-D",
+        "--no-domain-init",
+        action="store_true",
+        help="do not serve the master domain's own ring at start",
+    )
+    p.add_argument(
+        "--master-domid",
+        type=_positive,
+        metavar="DOMID",
+        help="the domain whose ring is served at start (default: -p's, 0)",
+    )
+    p.add_argument(
+        "-U",
+        "--live-update",
+        action="store_true",
+        help="started by a live update (accepted; not acted on yet)",
+    )
+    c = p.add_argument_group("accepted for C xenstored's command lines")
+    c.add_argument(
+        "-R",
+        "--no-recovery",
+        action="store_true",
+        help="no effect: there is no database on disk to recover",
+    )
+    c.add_argument(
+        "-I",
+        "--internal-db",
+        nargs="?",
+        const="on",
+        choices=("on", "off"),
+        metavar="on|off",
+        help="no effect: the store is always in memory",
+    )
+    c.add_argument(
+        "-K",
+        "--keep-orphans",
+        action="store_true",
+        help="ignored, with a warning: a dead domain's nodes are always removed",
+    )
     q = p.add_argument_group("quotas (unprivileged domains only; 0 = unlimited)")
     q.add_argument(
         "-E", "--entry-nb", type=_positive, metavar="N", help="nodes per domain (1000)"
@@ -190,6 +276,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         watch_event_timeout=timeout,
         host_dir=args.host_dir,
         quiesce_timeout=args.quiesce_timeout,
+        domain_init=not args.no_domain_init,
+        master_domid=args.master_domid,
+        live_update=args.live_update,
+        hypervisor=args.hypervisor,
     )
 
 
@@ -220,6 +310,144 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def _absolute(config: Config) -> Config:
+    """``config`` with every path absolute: the forked daemon runs in ``/``."""
+
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else os.path.abspath(path)
+
+    return dataclasses.replace(
+        config,
+        socket_path=os.path.abspath(config.socket_path),
+        pid_file=absolute(config.pid_file),
+        log_file=absolute(config.log_file),
+        trace_file=absolute(config.trace_file),
+        host_dir=absolute(config.host_dir),
+    )
+
+
+def _warn_about_accepted_options(args: argparse.Namespace) -> None:
+    if args.keep_orphans:
+        log.warning(
+            "-K/--keep-orphans is ignored: a dead domain's nodes are removed, "
+            "as a new domain reusing its domid must not inherit them"
+        )
+    if args.internal_db == "off":
+        log.info("-I off has no effect: the store is always in memory")
+
+
+def _log_to_syslog() -> None:
+    """Send the log to syslog once stderr is gone (C: ``openlog``)."""
+    handler = logging.handlers.SysLogHandler(
+        "/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
+    )
+    handler.setFormatter(logging.Formatter("pyxenstored[%(process)d]: %(message)s"))
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+
+
+class _ReportingDaemon(Daemon):
+    """The daemon, calling ``on_ready`` once it serves its socket."""
+
+    def __init__(
+        self,
+        config: Config,
+        platform: Platform | None,
+        on_ready: Callable[[], None],
+    ) -> None:
+        super().__init__(config, platform=platform)
+        self._on_ready = on_ready
+
+    async def start(self) -> None:
+        await super().start()
+        self._on_ready()
+
+
+def _parent(launch: startup.Launch, output_pid: bool) -> int:
+    """Wait for the forked daemon; exit as its start-up went."""
+    try:
+        report = launch.wait()
+    except KeyboardInterrupt:
+        print(
+            f"pyxenstored: interrupted; the daemon is pid {launch.pid}", file=sys.stderr
+        )
+        return 130
+    if report.outcome is Outcome.FAILED:
+        print(f"pyxenstored: {report.message}", file=sys.stderr)
+        return 1
+    if report.outcome is Outcome.READY and output_pid:
+        print(launch.pid, flush=True)
+    return 0
+
+
+def _serve(
+    config: Config,
+    factory: Callable[[], asyncio.AbstractEventLoop] | None,
+    reporter: startup.Reporter,
+    output_pid: bool,
+) -> int:
+    """Start and run the daemon in this process (forked or not)."""
+    detach = reporter.waiting
+    detached = False
+
+    def fail(message: str) -> int:
+        if not reporter.report(Report(Outcome.FAILED, message)):
+            print(f"pyxenstored: {message}", file=sys.stderr)
+        if config.log_file or detached:  # else the log is that same stderr
+            log.error("%s", message)
+        return 1
+
+    def ready() -> None:
+        if pid_file is not None:
+            pid_file.write()
+        state = "READY=1" + (f"\nMAINPID={os.getpid()}" if detach else "")
+        try:
+            startup.notify_systemd(state)
+        except OSError as error:
+            log.warning("cannot notify systemd: %s", error)
+        if output_pid and not detach:
+            print(os.getpid(), flush=True)
+        reporter.report(Report(Outcome.READY))
+        if detach:
+            nonlocal detached
+            detached = True
+            startup.detach_stdio()
+            if not config.log_file:
+                _log_to_syslog()
+
+    pid_file: PidFile | None = None
+    if config.pid_file:
+        try:
+            pid_file = PidFile.acquire(config.pid_file)
+        except PidFileHeld as held:
+            log.warning("%s; not starting", held)
+            reporter.report(Report(Outcome.HELD, str(held)))
+            return 0
+        except OSError as error:
+            return fail(f"cannot use the pid file {config.pid_file}: {error.strerror}")
+    try:
+        try:
+            platform = make_platform(config)
+        except ValueError as error:
+            return fail(str(error))
+        # The pid file is ours to hold: the daemon would open and close it
+        # to write the pid, and closing any descriptor drops our lock.
+        daemon = _ReportingDaemon(
+            dataclasses.replace(config, pid_file=None), platform, ready
+        )
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(daemon.serve())
+    except (SocketInUse, OSError) as error:
+        return fail(str(error))
+    finally:
+        if pid_file is not None:
+            pid_file.release()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -238,17 +466,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         print(f"pyxenstored: cannot open the log file: {error}", file=sys.stderr)
         return 1
+    _warn_about_accepted_options(args)
     log.info("event loop: %s", "asyncio" if factory is None else "uvloop")
-    try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(Daemon(config).serve())
-    except SocketInUse as error:
-        print(f"pyxenstored: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(f"pyxenstored: {error}", file=sys.stderr)
-        return 1
-    return 0
+    reporter = startup.Reporter(None)
+    if not args.no_fork:
+        config = _absolute(config)
+        side = startup.fork()
+        if isinstance(side, startup.Launch):
+            return _parent(side, args.output_pid)
+        reporter = side
+    return _serve(config, factory, reporter, args.output_pid)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
@@ -18,6 +18,7 @@ from pyxenstored.errors import InvalidArgument, NoEntry
 from pyxenstored.paths import INTRODUCE_DOMAIN, RELEASE_DOMAIN
 from pyxenstored.perms import DOMID_FIRST_RESERVED, parse_domid
 from pyxenstored.store.node import Change
+from pyxenstored.wire.ops import ServerFeature
 from pyxenstored.wire.packet import Packet
 from pyxenstored.wire.payload import split_args
 
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DomainInfo",
     "DomainState",
+    "Domains",
     "Hypervisor",
+    "StagedWatches",
     "do_introduce",
     "do_release",
     "do_resume",
@@ -44,9 +47,16 @@ log = logging.getLogger(__name__)
 
 class DomainState(Enum):
     RUNNING = "running"
+    #: Shut down or crashed, not yet destroyed: it still exists, and
+    #: watchers of @releaseDomain are told once (PROTOCOL.md 6.5).
+    SHUTDOWN = "shutdown"
     #: Being destroyed: xenstore cleans up as if it were gone.
     DYING = "dying"
     GONE = "gone"
+
+    @property
+    def exists(self) -> bool:
+        return self in (DomainState.RUNNING, DomainState.SHUTDOWN)
 
 
 class Hypervisor(Protocol):
@@ -96,6 +106,124 @@ class DomainInfo:
     shutdown_reported: bool = False
 
 
+@dataclass(slots=True)
+class StagedWatches:
+    """Watches added for a domain not yet introduced (MIGRATION.md a.4)."""
+
+    #: ``(path as registered, token)`` in registration order.
+    watches: list[tuple[str, str]] = field(default_factory=list)
+    #: Generation of this list (GET_DOMAIN_WATCHES works on staged lists).
+    generation: int = 0
+
+
+class Domains:
+    """Every domain the daemon deals with: the one owner of their state.
+
+    The introduced domains with their ring connections and what is known of
+    them (:class:`DomainInfo`), watches staged for a domain not yet
+    introduced (ADD_DOMAIN_WATCHES), feature words set before INTRODUCE
+    (SET_FEATURE), and the hypervisor that maps rings and says whether a
+    domain lives.  The request handlers and the engine change domain state
+    only through these methods.
+    """
+
+    def __init__(
+        self, priv_domid: int, exists: Callable[[int], bool] | None = None
+    ) -> None:
+        self.priv_domid = priv_domid
+        #: A stand-in for the hypervisor's answer (engine unit tests).
+        self._exists = exists
+        #: The shell's access to rings and event channels (None: sockets only).
+        self.hypervisor: Hypervisor | None = None
+        self._conns: dict[int, Connection] = {}
+        self._info: dict[int, DomainInfo] = {}
+        self._staged: dict[int, StagedWatches] = {}
+        self._features: dict[int, ServerFeature] = {}
+
+    # -- introduced domains ---------------------------------------------------
+
+    def connection(self, domid: int) -> Connection | None:
+        """The ring connection of an introduced domain."""
+        return self._conns.get(domid)
+
+    def __contains__(self, domid: object) -> bool:
+        return domid in self._conns
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def domids(self) -> list[int]:
+        """The introduced domains, in introduction order."""
+        return list(self._conns)
+
+    def info(self, domid: int) -> DomainInfo:
+        return self._info[domid]
+
+    def add(self, conn: Connection, info: DomainInfo) -> None:
+        self._conns[conn.domid] = conn
+        self._info[conn.domid] = info
+
+    def remove(self, domid: int) -> Connection:
+        """Forget an introduced domain (RELEASE, death); its connection."""
+        self._info.pop(domid, None)
+        self._staged.pop(domid, None)
+        return self._conns.pop(domid)
+
+    # -- what the hypervisor says ---------------------------------------------
+
+    def require_hypervisor(self) -> Hypervisor:
+        if self.hypervisor is None:
+            raise NoEntry("this daemon serves no domains (no hypervisor backend)")
+        return self.hypervisor
+
+    def state(self, domid: int) -> DomainState:
+        return self.require_hypervisor().domain_state(domid)
+
+    def exists(self, domid: int) -> bool:
+        """Whether permissions may name the domain (SET_PERMS, quotas)."""
+        if domid == self.priv_domid:
+            return True
+        if self._exists is not None:
+            return self._exists(domid)
+        if self.hypervisor is not None:
+            # A dying domain is as good as gone: rights given to it now would
+            # survive its clean-up and pass to the next domain with its domid.
+            return self.hypervisor.domain_state(domid).exists
+        return domid in self._conns
+
+    # -- before INTRODUCE -----------------------------------------------------
+
+    def staged(self, domid: int) -> StagedWatches | None:
+        return self._staged.get(domid)
+
+    def stage(self, domid: int) -> StagedWatches:
+        """The staged watch list of a domain, made if needed."""
+        return self._staged.setdefault(domid, StagedWatches())
+
+    def take_staged(self, domid: int) -> StagedWatches | None:
+        return self._staged.pop(domid, None)
+
+    def staged_domids(self) -> list[int]:
+        return list(self._staged)
+
+    def set_features(self, domid: int, features: ServerFeature) -> None:
+        self._features[domid] = features
+
+    def features(self, domid: int, default: ServerFeature) -> ServerFeature:
+        return self._features.get(domid, default)
+
+    def has_features(self, domid: int) -> bool:
+        return domid in self._features
+
+    def featured_domids(self) -> list[int]:
+        return list(self._features)
+
+    def forget(self, domid: int) -> None:
+        """Drop what was set for a domain that is gone."""
+        self._features.pop(domid, None)
+        self._staged.pop(domid, None)
+
+
 def domid_arg(engine: Engine, text: str) -> int:
     """A domid that may be introduced/released: not the privileged domain."""
     domid = parse_domid(text)
@@ -121,12 +249,13 @@ def do_introduce(
     port = _number(args[2])
     if port == 0:
         raise InvalidArgument("event channel must be positive")
-    hypervisor = engine.require_hypervisor()
-    existing = engine.introduced.get(domid)
+    domains = engine.domains
+    hypervisor = domains.require_hypervisor()
+    existing = domains.connection(domid)
     if existing is not None:
         engine.reintroduce(existing, gfn, port)
         return b"OK\0"
-    if hypervisor.domain_state(domid) is not DomainState.RUNNING:
+    if not hypervisor.domain_state(domid).exists:
         raise NoEntry(f"domain {domid} does not exist")
     new = engine.connect_domain(domid)
     try:
@@ -134,8 +263,7 @@ def do_introduce(
     except Exception:
         engine.disconnect(new)
         raise
-    engine.introduced[domid] = new
-    engine.domain_info[domid] = DomainInfo(domid, gfn, port)
+    domains.add(new, DomainInfo(domid, gfn, port))
     log.info("introduced domain %d (gfn %d, port %d)", domid, gfn, port)
     engine.domain_introduced(new)
     engine.fire_special(INTRODUCE_DOMAIN)
@@ -144,7 +272,7 @@ def do_introduce(
 
 def _introduced(engine: Engine, text: str) -> Connection:
     domid = domid_arg(engine, text)
-    found = engine.introduced.get(domid)
+    found = engine.domains.connection(domid)
     if found is None:
         raise NoEntry(f"domain {domid} not introduced")
     return found
@@ -167,7 +295,7 @@ def do_resume(
     if len(args) != 1:
         raise InvalidArgument("RESUME takes a domid")
     domid = _introduced(engine, args[0]).domid
-    engine.domain_info[domid].shutdown_reported = False
+    engine.domains.info(domid).shutdown_reported = False
     return b"OK\0"
 
 
@@ -179,8 +307,8 @@ def do_set_target(
         raise InvalidArgument("SET_TARGET takes domid and target domid")
     domid = parse_domid(args[0])
     target = parse_domid(args[1])
-    acting = engine.introduced.get(domid)
-    if acting is None or target not in engine.introduced:
+    acting = engine.domains.connection(domid)
+    if acting is None or target not in engine.domains:
         raise NoEntry("both domains must be introduced")
     if acting.closed:
         raise InvalidArgument("domain has no live connection")
@@ -205,11 +333,13 @@ def release_changes(engine: Engine, domid: int) -> list[Change]:
     for path, node in store.walk():
         if any(p.domid == domid for p in node.perms[1:]):
             old = node.perms
+            store.changing(node)
             node.perms = (old[0], *(p for p in old[1:] if p.domid != domid))
             store.touched(path, node)
             store.record(Change(path, False, (node.perms, old)))
     for special in (INTRODUCE_DOMAIN, RELEASE_DOMAIN):
         node = store.special[special]
+        store.changing(node)
         node.perms = (node.perms[0], *(p for p in node.perms[1:] if p.domid != domid))
     for conn in engine.connections.values():
         # A transaction still holding nodes that name the domain would put
@@ -235,7 +365,8 @@ def reap_unintroduced(engine: Engine) -> list[Change]:
     on VIRQ_DOM_EXC next to the clean-up of introduced domains.  Stale
     entries are not looked at: they grant nothing already.
     """
-    hypervisor = engine.hypervisor
+    domains = engine.domains
+    hypervisor = domains.hypervisor
     if hypervisor is None:
         return []
     store = engine.store
@@ -245,15 +376,15 @@ def reap_unintroduced(engine: Engine) -> list[Change]:
         for p in node.perms
         if not p.stale
     }
-    named.update(engine.quotas.per_domain, engine.feature_overrides)
-    named.difference_update(engine.introduced)
+    named.update(engine.quotas.per_domain, domains.featured_domids())
+    named.difference_update(domains.domids())
     named.discard(engine.priv_domid)
     changes: list[Change] = []
     for domid in sorted(named):
-        if hypervisor.domain_state(domid) is DomainState.RUNNING:
+        if hypervisor.domain_state(domid).exists:
             continue
         log.info("domain %d died before it was introduced; cleaning up", domid)
         changes += release_changes(engine, domid)
         engine.quotas.forget_domain(domid)
-        engine.feature_overrides.pop(domid, None)
+        domains.forget(domid)
     return changes

@@ -32,14 +32,13 @@ from pyxenstored.engine.connections import Connection
 from pyxenstored.engine.control import LoggingOperator, Operator
 from pyxenstored.engine.domains import (
     DomainInfo,
+    Domains,
     DomainState,
-    Hypervisor,
     reap_unintroduced,
     release_changes,
 )
 from pyxenstored.engine.features import DEFAULT_DOMAIN_FEATURES
 from pyxenstored.engine.handlers import HANDLERS, NOTID, PRIV
-from pyxenstored.engine.seed import StagedWatches
 from pyxenstored.errors import (
     InternalError,
     NoEntry,
@@ -64,11 +63,17 @@ __all__ = ["Engine", "EngineConfig"]
 log = logging.getLogger(__name__)
 
 
-def _op_name(op: int) -> str:
+def _describe(packet: Packet) -> str:
+    """The request, for the log line of an internal error (never raises)."""
     try:
-        return Op(op).name
-    except ValueError:
-        return f"type {op}"
+        op = packet.op
+        name = Op(op).name if op in Op._value2member_map_ else f"type {op}"
+        return (
+            f"{name} (req_id {packet.req_id}, tx_id {packet.tx_id}, "
+            f"payload {packet.payload[:256]!r})"
+        )
+    except Exception:
+        return repr(packet)[:300]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,19 +117,9 @@ class Engine:
         #: Connections that got output since :meth:`take_pending`.
         self.pending: dict[int, Connection] = {}
         self._next_conn_id = 1
-        #: Asks the hypervisor whether a domain exists (SET_PERMS marks
-        #: entries naming absent domains stale).
-        self._domain_exists = domain_exists
-        #: Ring connections of introduced domains, by domid.
-        self.introduced: dict[int, Connection] = {}
-        #: Gfn and port of each introduced domain.
-        self.domain_info: dict[int, DomainInfo] = {}
-        #: The shell's access to rings and event channels (None: sockets only).
-        self.hypervisor: Hypervisor | None = None
-        #: ADD_DOMAIN_WATCHES before INTRODUCE (MIGRATION.md a.4).
-        self.staged: dict[int, StagedWatches] = {}
-        #: SET_FEATURE values waiting for (or used by) INTRODUCE.
-        self.feature_overrides: dict[int, ServerFeature] = {}
+        #: Every domain's state, and the hypervisor (``domain_exists``: a
+        #: stand-in for its answer to "does domain N exist").
+        self.domains = Domains(self.priv_domid, domain_exists)
         #: What CONTROL asks of the daemon (log lines, trace, report files).
         self.operator: Operator = LoggingOperator()
 
@@ -163,32 +158,33 @@ class Engine:
         conn.transactions.clear()
         conn.take_output()
 
-    def domain_exists(self, domid: int) -> bool:
-        if domid == self.priv_domid:
-            return True
-        if self._domain_exists is not None:
-            return self._domain_exists(domid)
-        if self.hypervisor is not None:
-            # A dying domain is as good as gone: rights given to it now would
-            # survive its clean-up and pass to the next domain with its domid.
-            return self.hypervisor.domain_state(domid) is DomainState.RUNNING
-        return domid in self.introduced
-
     # -- domains ----------------------------------------------------------------
-
-    def require_hypervisor(self) -> Hypervisor:
-        if self.hypervisor is None:
-            raise NoEntry("this daemon serves no domains (no hypervisor backend)")
-        return self.hypervisor
 
     def domain_introduced(self, conn: Connection) -> None:
         """A new domain's connection is attached: attach staged watches."""
-        staged = self.staged.pop(conn.domid, None)
+        staged = self.domains.take_staged(conn.domid)
         if staged is None:
             return
         conn.restored = True
         for wpath, token in staged.watches:
             self.add_watch(conn, wpath, token)
+
+    def introduce_master(self, domid: int, remote_port: int) -> Connection:
+        """dom0's own ring at start-up (C's ``dom0_init``).
+
+        Introduced like any domain (its kernel waits for the first kick
+        before it probes xenbus), but without @introduceDomain.
+        """
+        hypervisor = self.domains.require_hypervisor()
+        conn = self.connect_domain(domid)
+        try:
+            hypervisor.attach(conn, 0, remote_port, int(self.domain_features(domid)))
+        except BaseException:
+            self.disconnect(conn)
+            raise
+        self.domains.add(conn, DomainInfo(domid, 0, remote_port))
+        log.info("dom%d's own ring introduced (port %d)", domid, remote_port)
+        return conn
 
     def reintroduce(self, conn: Connection, gfn: int, port: int) -> None:
         """INTRODUCE of a domain already introduced: C's compatibility mode.
@@ -197,8 +193,8 @@ class Engine:
         transactions and buffers dropped); the ring indices are left alone
         (MIGRATION.md a.6).
         """
-        hypervisor = self.require_hypervisor()
-        info = self.domain_info[conn.domid]
+        hypervisor = self.domains.require_hypervisor()
+        info = self.domains.info(conn.domid)
         if hypervisor.is_quiesced(conn):
             # The rollback of a failed migration: carry on where it stopped,
             # with watches, transactions and queued output intact.
@@ -213,31 +209,46 @@ class Engine:
 
     def destroy_domain(self, domid: int) -> None:
         """RELEASE or death: drop the connection, its nodes; fire @releaseDomain."""
-        conn = self.introduced.pop(domid)
-        self.domain_info.pop(domid, None)
-        self.staged.pop(domid, None)
+        domains = self.domains
+        conn = domains.remove(domid)
         # Watches first, so the domain is not told about its own clean-up.
         self.watches.remove_all(conn.id)
-        if self.hypervisor is not None:
-            self.hypervisor.detach(conn)
+        if domains.hypervisor is not None:
+            domains.hypervisor.detach(conn)
         self.disconnect(conn)
         self.fire(release_changes(self, domid))
         self.quotas.forget_domain(domid)
-        self.feature_overrides.pop(domid, None)
+        domains.forget(domid)
         self.fire_special(RELEASE_DOMAIN)
 
     def check_domains(self) -> None:
-        """VIRQ_DOM_EXC: clean up every introduced domain that died."""
-        if self.hypervisor is None:
+        """VIRQ_DOM_EXC: look at every domain, as C's ``check_domains``.
+
+        A domain dying or gone is cleaned up (each fires @releaseDomain); a
+        domain first seen shut down or crashed is reported once with one
+        @releaseDomain for the whole scan (again only after RESUME).
+        """
+        domains = self.domains
+        hypervisor = domains.hypervisor
+        if hypervisor is None:
             return
-        for domid in list(self.introduced):
-            if self.hypervisor.domain_state(domid) is not DomainState.RUNNING:
+        shutdown = False
+        for domid in domains.domids():
+            state = hypervisor.domain_state(domid)
+            if state is DomainState.SHUTDOWN:
+                info = domains.info(domid)
+                if not info.shutdown_reported:
+                    info.shutdown_reported = shutdown = True
+                    log.info("domain %d shut down", domid)
+            elif state is not DomainState.RUNNING:
                 log.info("domain %d is gone; cleaning up", domid)
                 self.destroy_domain(domid)
-        for domid in list(self.staged):
-            if self.hypervisor.domain_state(domid) is not DomainState.RUNNING:
-                del self.staged[domid]
+        for domid in domains.staged_domids():
+            if not hypervisor.domain_state(domid).exists:
+                domains.take_staged(domid)
         self.fire(reap_unintroduced(self))
+        if shutdown:
+            self.fire_special(RELEASE_DOMAIN)
 
     def remove_subtree(self, path: str) -> None:
         """Remove a node and its subtree as the privileged domain."""
@@ -246,11 +257,11 @@ class Engine:
     def is_introduced(self, domid: int) -> bool:
         # C introduces the privileged domain itself at start-up (dom0_init),
         # so IS_DOMAIN_INTRODUCED answers T for it although it has no ring.
-        return domid == self.priv_domid or domid in self.introduced
+        return domid == self.priv_domid or domid in self.domains
 
     def domain_features(self, domid: int) -> ServerFeature:
         """The ``server_features`` word a domain is given."""
-        return self.feature_overrides.get(domid, DEFAULT_DOMAIN_FEATURES)
+        return self.domains.features(domid, DEFAULT_DOMAIN_FEATURES)
 
     def usage(self, domid: int) -> dict[str, int]:
         """What a domain currently uses of each quota."""
@@ -279,7 +290,7 @@ class Engine:
             "watches": len(self.watches),
             "connections": len(self.connections),
             "transactions": sum(len(c.transactions) for c in self.connections.values()),
-            "domains": len(self.introduced),
+            "domains": len(self.domains),
         }
 
     def take_pending(self) -> list[Connection]:
@@ -330,13 +341,9 @@ class Engine:
             return
         except Exception:
             log.exception(
-                "%s: internal error handling %s (req_id %d, tx_id %d, payload %r); "
-                "answered EIO, nothing changed",
+                "%s: internal error handling %s; answered EIO, nothing changed",
                 conn.describe(),
-                _op_name(packet.op),
-                packet.req_id,
-                packet.tx_id,
-                packet.payload[:256],
+                _describe(packet),
             )
             store.rollback()
             store.changes.clear()

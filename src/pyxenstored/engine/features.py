@@ -62,7 +62,7 @@ def do_get_feature(
     if not conn.privileged:
         raise PermissionDenied()
     domid = parse_domid(args[0])
-    if not engine.domain_exists(domid):
+    if not engine.domains.exists(domid):
         raise NoEntry("no such domain")
     return join_args(str(int(engine.domain_features(domid))))
 
@@ -77,11 +77,11 @@ def do_set_feature(
     value = _number(args[1])
     if value & ~int(SUPPORTED):
         raise InvalidArgument("unsupported feature bits")
-    if not engine.domain_exists(domid):
+    if not engine.domains.exists(domid):
         raise NoEntry("no such domain")
     if engine.is_introduced(domid):
         raise Busy("domain already introduced")
-    engine.feature_overrides[domid] = ServerFeature(value)
+    engine.domains.set_features(domid, ServerFeature(value))
     return b"OK\0"
 
 
@@ -95,7 +95,7 @@ def do_get_quota(
         return join_args(str(getattr(engine.quotas.defaults, field_for(args[0]))))
     if len(args) == 2:
         domid = parse_domid(args[0])
-        if not engine.domain_exists(domid):
+        if not engine.domains.exists(domid):
             raise NoEntry("no such domain")
         limits = engine.quotas.for_domain(domid)
         return join_args(str(getattr(limits, field_for(args[1]))))
@@ -116,7 +116,7 @@ def do_set_quota(
         engine.quotas.set_default(args[0], value)
     else:
         domid = parse_domid(args[0])
-        if not engine.domain_exists(domid):
+        if not engine.domains.exists(domid):
             raise NoEntry("no such domain")
         engine.quotas.set_domain(domid, args[1], value)
     return b"OK\0"

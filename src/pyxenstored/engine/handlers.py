@@ -213,7 +213,7 @@ def do_set_perms(
 def _mark_stale(engine: Engine, perms: Perms) -> Perms:
     """Mark entries naming domains that do not exist (XSA-322)."""
     return tuple(
-        p if engine.domain_exists(p.domid) else p._replace(stale=True) for p in perms
+        p if engine.domains.exists(p.domid) else p._replace(stale=True) for p in perms
     )
 
 

@@ -17,10 +17,9 @@ the privileged toolstack only and take no transaction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pyxenstored.engine.domains import DomainState, domid_arg
+from pyxenstored.engine.domains import StagedWatches, domid_arg
 from pyxenstored.errors import AlreadyExists, InvalidArgument, NoEntry, TooBig
 from pyxenstored.paths import canonicalize, domain_home
 from pyxenstored.wire.ops import PAYLOAD_MAX
@@ -42,16 +41,6 @@ __all__ = [
 OK = b"OK\0"
 
 
-@dataclass(slots=True)
-class StagedWatches:
-    """Watches added for a domain not yet introduced (MIGRATION.md a.4)."""
-
-    #: ``(path as registered, token)`` in registration order.
-    watches: list[tuple[str, str]] = field(default_factory=list)
-    #: Generation of this list (GET_DOMAIN_WATCHES works on staged lists).
-    generation: int = 0
-
-
 def _no_transaction(packet: Packet) -> None:
     if packet.tx_id:
         raise InvalidArgument("seed migration operations take no transaction")
@@ -65,10 +54,10 @@ def do_quiesce(
     if len(args) != 1:
         raise InvalidArgument("QUIESCE takes a domid")
     domid = domid_arg(engine, args[0])
-    target = engine.introduced.get(domid)
+    target = engine.domains.connection(domid)
     if target is None:
         raise NoEntry(f"domain {domid} not introduced")
-    hypervisor = engine.require_hypervisor()
+    hypervisor = engine.domains.require_hypervisor()
 
     def done(ok: bool) -> None:
         # The toolstack may have gone while the domain drained.
@@ -98,10 +87,9 @@ def do_add_domain_watches(
         raise InvalidArgument("ADD_DOMAIN_WATCHES takes a domid")
     domid = domid_arg(engine, args[0])
     pairs = _watch_pairs(args[1:])
-    target = engine.introduced.get(domid)
-    if target is None and engine.require_hypervisor().domain_state(domid) is not (
-        DomainState.RUNNING
-    ):
+    domains = engine.domains
+    target = domains.connection(domid)
+    if target is None and not domains.state(domid).exists:
         raise NoEntry(f"domain {domid} does not exist")
     if target is not None and not pairs:
         raise InvalidArgument("no watches given for an introduced domain")
@@ -111,7 +99,7 @@ def do_add_domain_watches(
     if target is not None:
         seen = {(w.path, w.token) for w in engine.watches.of(target.id)}
     else:
-        staged = engine.staged.get(domid)
+        staged = domains.staged(domid)
         if staged is not None:
             seen = {
                 (canonicalize(p, home, allow_special=True), t)
@@ -126,7 +114,7 @@ def do_add_domain_watches(
         for wpath, token in pairs:
             engine.add_watch(target, wpath, token)
         return OK
-    staged = engine.staged.setdefault(domid, StagedWatches())
+    staged = domains.stage(domid)
     staged.watches.extend(pairs)
     staged.generation = engine.watches.bump()
     return OK
@@ -143,7 +131,7 @@ def do_get_domain_watches(
     if not args[1].isascii() or not args[1].isdigit():
         raise InvalidArgument(f"bad index {args[1]!r}")
     index = int(args[1])
-    target = engine.introduced.get(domid)
+    target = engine.domains.connection(domid)
     if target is not None:
         watches = engine.watches.of(target.id)
         if any(w.depth is not None for w in watches):
@@ -152,7 +140,7 @@ def do_get_domain_watches(
             raise InvalidArgument("domain has depth-limited watches")
         pairs = [(w.wpath, w.token) for w in watches]
         generation = engine.watches.generation(target.id)
-    elif (staged := engine.staged.get(domid)) is not None:
+    elif (staged := engine.domains.staged(domid)) is not None:
         pairs = staged.watches
         generation = staged.generation
     else:

@@ -46,3 +46,11 @@ class Config:
     socket_output_limit: int = 16 * 1024 * 1024
     #: Seconds a watch event may wait for an unprivileged domain (C -w).
     watch_event_timeout: float = 20.0
+    #: Serve the master domain's own ring at start (C: cleared by ``-D``).
+    domain_init: bool = True
+    #: The master domain (C ``--master-domid``); None: the default, 0.
+    master_domid: int | None = None
+    #: Started by a live update (C ``-U``); parsed, not acted on yet.
+    live_update: bool = False
+    #: Hypervisor backend: ``auto``, ``emulated``, ``xen`` or ``none``.
+    hypervisor: str = "auto"

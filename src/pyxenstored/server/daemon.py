@@ -24,7 +24,7 @@ from pyxenstored.engine.connections import Connection
 from pyxenstored.engine.engine import Engine
 from pyxenstored.errors import RemoteProtocolError
 from pyxenstored.server.config import Config
-from pyxenstored.server.emulated import EmulatedHost
+from pyxenstored.server.guests import Guests, Platform
 from pyxenstored.server.trace import Tracer
 from pyxenstored.wire.decoder import NEED_DATA, PacketDecoder
 
@@ -149,19 +149,21 @@ class _SocketClient(asyncio.BufferedProtocol):
         self.transport = None
 
 
-def _write_pid(path: str) -> None:
-    with open(path, "w", encoding="ascii") as f:
-        f.write(f"{os.getpid()}\n")
-
-
 class Daemon:
     """Serve one engine on the Unix socket until stopped."""
 
-    def __init__(self, config: Config, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine | None = None,
+        platform: Platform | None = None,
+    ) -> None:
         self.config = config
         self.engine = engine or Engine(config.engine)
         self.clients: dict[int, _Client] = {}
-        self.host: EmulatedHost | None = None
+        #: The hypervisor backend to serve guests through (None: sockets only).
+        self.platform = platform
+        self.guests: Guests | None = None
         self._scanner: asyncio.Task[None] | None = None
         self.tracer: Tracer | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -254,17 +256,26 @@ class Daemon:
             self.tracer = Tracer.open(self.trace_file)
         sock = self._bind()
         loop = asyncio.get_running_loop()
-        if self.config.host_dir:
-            self.host = EmulatedHost(self.config.host_dir, self)
-            self.host.start(loop)
-            self.engine.hypervisor = self.host
+        if self.platform is not None:
+            self.guests = Guests(self, self.platform)
+            self.guests.start(loop)
+            self.engine.domains.hypervisor = self.guests
             self._scanner = loop.create_task(self._scan_rings())
+            self._init_master()
         self._server = await loop.create_unix_server(
             lambda: _SocketClient(self), sock=sock
         )
-        if self.config.pid_file:
-            _write_pid(self.config.pid_file)
         log.info("serving %s", self.config.socket_path)
+
+    def _init_master(self) -> None:
+        """Serve dom0's own ring, as C's ``dom0_init`` (not with ``-D``)."""
+        master_port = getattr(self.platform, "master_port", None)
+        if master_port is None or not self.config.domain_init:
+            return
+        domid = self.config.master_domid
+        if domid is None:
+            domid = self.engine.priv_domid
+        self.engine.introduce_master(domid, master_port())
 
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT (or :meth:`stop`), then clean up."""
@@ -281,10 +292,10 @@ class Daemon:
             await self.close()
 
     async def _scan_rings(self) -> None:
-        while self.host is not None:
+        while self.guests is not None:
             await asyncio.sleep(self.config.ring_scan_interval)
-            if self.host is not None:
-                self.host.rescan()
+            if self.guests is not None:
+                self.guests.rescan()
 
     def stop(self) -> None:
         log.info("stopping")
@@ -296,10 +307,10 @@ class Daemon:
         if self._scanner is not None:
             self._scanner.cancel()
             self._scanner = None
-        if self.host is not None:
-            self.host.close(asyncio.get_running_loop())
-            self.engine.hypervisor = None
-            self.host = None
+        if self.guests is not None:
+            self.guests.close()
+            self.engine.domains.hypervisor = None
+            self.guests = None
         if self._server is not None:
             self._server.close()
             for client in list(self.clients.values()):
@@ -309,9 +320,6 @@ class Daemon:
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.socket_path)
-        if self.config.pid_file:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.config.pid_file)
         if self.tracer is not None:
             self.tracer.close()
             self.tracer = None

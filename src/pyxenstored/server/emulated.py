@@ -14,14 +14,12 @@ simulated guest can talk to this daemon, C xenstored and oxenstored):
 * ``DIR/virq-port``: the VIRQ_DOM_EXC port: a kick on it makes the daemon
   look for dead domains.
 
-A backend for a real Xen host (``/dev/xen/evtchn``, grant mapping) would
-implement the same :class:`~pyxenstored.engine.domains.Hypervisor`
-interface beside this one.
+It is one :class:`~pyxenstored.server.guests.Platform`; the Xen libraries
+are the other (:mod:`pyxenstored.server.xen`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -29,19 +27,14 @@ import mmap
 import os
 import socket
 import struct
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
-from pyxenstored.engine.connections import Connection
 from pyxenstored.engine.domains import DomainState
 from pyxenstored.errors import NoEntry
-from pyxenstored.server.rings import Quiesce, RingClient
-from pyxenstored.wire.ring import PAGE_SIZE, ConnectionState, Ring
+from pyxenstored.server.guests import RingPage
+from pyxenstored.wire.ring import PAGE_SIZE
 
-if TYPE_CHECKING:
-    from pyxenstored.server.daemon import Daemon
-
-__all__ = ["EmulatedHost"]
+__all__ = ["EmulatedPlatform"]
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +42,17 @@ log = logging.getLogger(__name__)
 KICK = struct.Struct("=I")
 
 
-class EmulatedHost:
-    """Host directory backend implementing the engine's ``Hypervisor``."""
+class EmulatedPlatform:
+    """The host directory of EMULATION.md as a hypervisor."""
 
-    def __init__(self, directory: str, daemon: Daemon) -> None:
+    def __init__(self, directory: str) -> None:
         self.directory = directory
-        self.daemon = daemon
+        self.description = f"emulated hypervisor in {directory}"
         self._sock: socket.socket | None = None
         self._next_port = 1
-        self.virq_port = 0
-        #: Ring clients by daemon-side port, and ports by domid.
-        self.by_port: dict[int, RingClient] = {}
-        self.port_of: dict[int, int] = {}
+        self._virq_port = 0
+        #: The domain of each bound port (for the ``port-N`` files).
+        self._domain_of: dict[int, int] = {}
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, name)
@@ -78,7 +70,7 @@ class EmulatedHost:
 
     # -- life cycle ----------------------------------------------------------
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def open(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
         path = self._path("evtchn")
         with contextlib.suppress(FileNotFoundError):
@@ -88,59 +80,39 @@ class EmulatedHost:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._sock = sock
-        self.virq_port = self._alloc_port()
-        self._write_small("virq-port", f"{self.virq_port}\n")
-        loop.add_reader(sock.fileno(), self._readable)
-        log.info(
-            "emulated hypervisor in %s (VIRQ_DOM_EXC port %d)",
-            self.directory,
-            self.virq_port,
-        )
+        self._virq_port = self._alloc_port()
+        self._write_small("virq-port", f"{self._virq_port}\n")
 
-    def close(self, loop: asyncio.AbstractEventLoop) -> None:
-        for client in list(self.by_port.values()):
-            client.close()
-        self.by_port.clear()
+    def close(self) -> None:
         if self._sock is not None:
-            loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path("evtchn"))
 
-    def _readable(self) -> None:
-        """Kicks arrived: serve the rings named, or look for dead domains."""
-        assert self._sock is not None
-        kicked: dict[int, RingClient] = {}
-        virq = False
+    def fileno(self) -> int:
+        assert self._sock is not None, "not open"
+        return self._sock.fileno()
+
+    @property
+    def virq_port(self) -> int:
+        return self._virq_port
+
+    def pending(self) -> Iterator[int]:
+        sock = self._sock
+        assert sock is not None, "not open"
         while True:
             try:
-                data = self._sock.recv(64)
+                data = sock.recv(64)
             except BlockingIOError:
-                break
-            if len(data) != KICK.size:
-                continue
-            (port,) = KICK.unpack(data)
-            if port == self.virq_port:
-                virq = True
-            elif (client := self.by_port.get(port)) is not None:
-                kicked[port] = client
-        for client in kicked.values():
-            client.process()
-        if virq:
-            self.daemon.engine.check_domains()
-        self.daemon.flush()
+                return
+            if len(data) == KICK.size:
+                yield KICK.unpack(data)[0]
 
-    def rescan(self) -> None:
-        """Safety net for lost kicks: look at every ring once."""
-        for client in list(self.by_port.values()):
-            client.process()
-        self.daemon.flush()
-
-    # -- Hypervisor ---------------------------------------------------------
+    # -- domains and rings ---------------------------------------------------
 
     def domain_state(self, domid: int) -> DomainState:
-        if domid == self.daemon.engine.priv_domid:
+        if domid == 0:
             return DomainState.RUNNING
         if not os.path.exists(self._path(f"ring-{domid}")):
             return DomainState.GONE
@@ -148,7 +120,7 @@ class EmulatedHost:
             return DomainState.DYING
         return DomainState.RUNNING
 
-    def _map(self, domid: int) -> tuple[Ring, mmap.mmap]:
+    def map_ring(self, domid: int) -> RingPage:
         try:
             fd = os.open(self._path(f"ring-{domid}"), os.O_RDWR)
         except FileNotFoundError:
@@ -159,84 +131,21 @@ class EmulatedHost:
             mapping = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED)
         finally:
             os.close(fd)
-        return Ring(memoryview(mapping)), mapping
+        return memoryview(mapping), mapping.close
 
-    def attach(
-        self, conn: Connection, gfn: int, remote_port: int, features: int
-    ) -> None:
-        domid = conn.domid
-        ring, mapping = self._map(domid)
+    def bind(self, domid: int, remote_port: int) -> int:
         port = self._alloc_port()
-        client = RingClient(
-            self.daemon, conn, ring, self._notifier(domid, port), mapping.close
-        )
-        # The page is never cleared or re-indexed here (MIGRATION.md a.6):
-        # requests already waiting in it are served.
-        withdrawn = ring.server_features & ~features
-        if withdrawn:
-            # The page came from another host (migration) that offered more.
-            # A server may never withdraw a bit the guest has seen (RING.md
-            # 5); nothing restored here depends on those bits (MIGRATION.md
-            # c.7, c.8: no depth watches, no DOMID_ANY), so warn and go on.
-            log.warning(
-                "dom%d: page shows features %#x this host does not offer",
-                domid,
-                withdrawn,
-            )
-        ring.server_features = features
-        if ring.connection == ConnectionState.RECONNECT:
-            ring.connection = ConnectionState.CONNECTED
-        self.by_port[port] = client
-        self.port_of[domid] = port
-        self.daemon.clients[conn.id] = client
+        self._domain_of[port] = domid
         self._write_small(f"port-{domid}", f"{port}\n")
-        self._notify(domid, port)
-        asyncio.get_running_loop().call_soon(client.process)
+        return port
 
-    def _client(self, conn: Connection) -> RingClient:
-        client = self.daemon.clients.get(conn.id)
-        assert isinstance(client, RingClient), f"dom{conn.domid} has no ring"
-        return client
+    def unbind(self, port: int) -> None:
+        domid = self._domain_of.pop(port, None)
+        if domid is not None and domid not in self._domain_of.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path(f"port-{domid}"))
 
-    def quiesce(self, conn: Connection, done: Callable[[bool], None]) -> None:
-        self._client(conn).begin_quiesce(done, self.daemon.config.quiesce_timeout)
-
-    def is_quiesced(self, conn: Connection) -> bool:
-        return self._client(conn).quiesce is not Quiesce.ACTIVE
-
-    def resume(self, conn: Connection, remote_port: int) -> None:
-        client = self._client(conn)
-        ring, mapping = self._map(conn.domid)
-        if ring.connection == ConnectionState.RECONNECT:
-            ring.connection = ConnectionState.CONNECTED
-        client.resume(ring, mapping.close)
-        self._notify(conn.domid, self.port_of[conn.domid])
-
-    def rebind(self, conn: Connection, remote_port: int) -> None:
-        # The daemon-side port stays; only the guest's end would change.
-        log.info(
-            "dom%d: event channel re-bound (remote port %d)", conn.domid, remote_port
-        )
-
-    def reset(self, conn: Connection) -> None:
-        client = self.daemon.clients.get(conn.id)
-        if isinstance(client, RingClient):
-            # The page's indices stay as they are (MIGRATION.md a.6).
-            client.reset(keep_partial=True)
-
-    def detach(self, conn: Connection) -> None:
-        port = self.port_of.pop(conn.domid, None)
-        client = self.by_port.pop(port, None) if port is not None else None
-        self.daemon.clients.pop(conn.id, None)
-        if client is not None:
-            client.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(f"port-{conn.domid}"))
-
-    def _notify(self, domid: int, port: int) -> None:
-        self._notifier(domid, port)()
-
-    def _notifier(self, domid: int, port: int) -> Callable[[], None]:
+    def notifier(self, domid: int, port: int) -> Callable[[], None]:
         """How to kick domain ``domid``: its port number to ``DIR/notify-N``.
 
         By path on every kick, as EMULATION.md says: a guest may re-bind its

@@ -1,100 +1,31 @@
-"""Serving one guest domain over its shared ring page (RING.md section 3).
+"""The shell around a guest's ring session: the clock and the QUIESCE timer.
 
-A :class:`RingClient` moves bytes between the ring and the engine.  It
-reads no more than the message being received needs (so a request is
-never split between hosts by QUIESCE), stops reading while the domain's
-outstanding replies or queued output are over quota (back-pressure:
-the guest simply waits), and writes output as ring space allows.  A ring
-the guest corrupted marks only that connection broken: the ``error`` field
-is set and the connection is ignored until the domain goes away.
-
-A guest that stops reading must not cost the daemon unbounded memory, nor
-unbounded log: replies are bounded by the outstanding quota (reading
-stops), watch events by the memory quota (the surplus is dropped) and by
-the watch-event timeout (events nobody collected are discarded, as C
-does, PROTOCOL.md 6.4).  Each such episode is logged once when it starts
-and once, with a count, when the guest has caught up.
+All the policy (reading at message boundaries, back-pressure, event expiry,
+QUIESCE draining, broken rings) is in the sans-IO
+:class:`~pyxenstored.engine.ringsession.RingSession`; this subclass gives
+it the monotonic clock, the daemon's trace and output, and an event-loop
+timer that makes a QUIESCE which cannot drain answer EBUSY in time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import math
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING
 
 from pyxenstored.engine.connections import Connection
-from pyxenstored.errors import RemoteProtocolError
-from pyxenstored.store.quota import Limits
-from pyxenstored.wire.decoder import NEED_DATA, PacketDecoder
-from pyxenstored.wire.ops import HEADER_SIZE, Op
-from pyxenstored.wire.packet import HEADER, Packet
-from pyxenstored.wire.ring import (
-    ConnectionState,
-    Ring,
-    RingCorrupt,
-    RingError,
-)
+from pyxenstored.engine.ringsession import Quiesce, RingSession
+from pyxenstored.wire.ring import Ring
 
 if TYPE_CHECKING:
     from pyxenstored.server.daemon import Daemon
 
 __all__ = ["Quiesce", "RingClient"]
 
-log = logging.getLogger(__name__)
 
-
-class Quiesce(Enum):
-    """Where a ring stands with QUIESCE (MIGRATION.md a.3)."""
-
-    #: Served normally.
-    ACTIVE = "active"
-    #: No new request is taken; the partial one and the output drain.
-    DRAINING = "draining"
-    #: Drained and unmapped; events are kept in memory.
-    QUIESCED = "quiesced"
-
-
-@dataclass(slots=True)
-class _Message:
-    """One framed message waiting for ring space."""
-
-    data: bytes
-    #: Replies count as outstanding requests; events do not.
-    is_reply: bool
-    #: ``time.monotonic()`` after which an unsent event is discarded.
-    expires: float = math.inf
-
-
-class _Episode:
-    """Messages lost while a guest does not read: logged at start and end."""
-
-    __slots__ = ("count", "what")
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.count = 0
-
-    def lost(self, name: str, n: int, why: str) -> None:
-        if not self.count:
-            log.warning("%s: %s; watch events %s until it reads", name, why, self.what)
-        self.count += n
-
-    def end(self, name: str) -> None:
-        if self.count:
-            log.warning(
-                "%s: caught up; %d watch events %s", name, self.count, self.what
-            )
-            self.count = 0
-
-
-class RingClient:
-    """The daemon's side of one domain's ring."""
+class RingClient(RingSession):
+    """The daemon's side of one domain's ring, in the event loop."""
 
     def __init__(
         self,
@@ -104,391 +35,32 @@ class RingClient:
         notify: Callable[[], None],
         close_mapping: Callable[[], None],
     ) -> None:
+        super().__init__(
+            daemon.engine,
+            conn,
+            ring,
+            notify,
+            close_mapping,
+            clock=time.monotonic,
+            event_timeout=daemon.config.watch_event_timeout,
+            after_request=daemon.flush,
+            tracing=lambda: daemon.tracer,
+        )
         self.daemon = daemon
-        self.conn = conn
-        self.ring = ring
-        self.name = f"dom{conn.domid}"
-        self._notify = notify
-        self._close_mapping = close_mapping
-        self.decoder = PacketDecoder()
-        #: Output not yet in the ring; the first may be partly written.
-        self._queue: deque[_Message] = deque()
-        #: Bytes of ``_queue[0]`` already in the ring.
-        self._offset = 0
-        #: Bytes in ``_queue`` not yet written.
-        self.queued = 0
-        #: Replies queued and not completely written (RING.md 3.1).
-        self.outstanding = 0
-        self._dropped = _Episode("dropped")
-        self._expired = _Episode("discarded")
-        self.ignored = False
-        self.closed = False
-        self.quiesce = Quiesce.ACTIVE
-        self._quiesce_waiters: list[Callable[[bool], None]] = []
-        self._quiesce_timer: asyncio.TimerHandle | None = None
-        self._busy = False
-        #: The guest is owed a kick (request space freed, output written).
-        self._kick = False
-
-    # -- quotas ----------------------------------------------------------------
-
-    def _limits(self) -> Limits | None:
-        """The domain's quotas (None: privileged, no quota applies)."""
-        if self.conn.privileged:
-            return None
-        return self.daemon.engine.quotas.for_domain(self.conn.domid)
-
-    def _may_dispatch(self, limits: Limits | None) -> bool:
-        """Whether the next complete request may be handled now."""
-        if self.ignored or self.closed:
-            return False
-        if limits is None:
-            return True
-        if limits.outstanding and self.outstanding >= limits.outstanding:
-            return False
-        return not (limits.memory and self.queued >= limits.memory)
-
-    def _read_limit(self, limits: Limits | None) -> int:
-        """How many request bytes to take off the ring now (0: none).
-
-        Only what completes the message being received, as C does: a
-        request left in the ring is the guest's to keep (QUIESCE stops at
-        a message boundary, MIGRATION.md a.3), and the outstanding quota
-        pauses reading exactly at a request.
-        """
-        missing = self.decoder.missing()
-        if not missing or self.ring is None:
-            return 0
-        if self.quiesce is not Quiesce.ACTIVE:
-            return missing if self.decoder.partial else 0
-        return missing if self._may_dispatch(limits) else 0
-
-    def _event_timeout(self) -> float:
-        """Seconds an event may wait for this guest (0: for ever)."""
-        if self.conn.privileged:
-            return 0.0
-        return self.daemon.config.watch_event_timeout
-
-    # -- output -------------------------------------------------------------
-
-    def send(self, messages: list[bytes]) -> None:
-        """Write framed messages from the engine; queue what does not fit."""
-        if self.ignored or self.closed:
-            return
-        ring = self.ring
-        if ring is not None and not self._queue:
-            # Nothing waits before them: straight into the ring, which
-            # takes a reply whole nearly always (no queue entry to make).
-            try:
-                messages = self._write_direct(ring, messages)
-            except RingCorrupt as error:
-                self._fail(RingError.RINGIDX, str(error))
-                return
-            if not self._busy and self._kick:
-                self._kick = False
-                self._notify()
-            if not messages:
-                return
-        self._enqueue(messages)
-        self.process()
-
-    def _write_direct(self, ring: Ring, messages: list[bytes]) -> list[bytes]:
-        """Write the messages that fit whole into the ring; return the rest.
-
-        The guest only ever frees space, so what fits now is written whole.
-        Inconsistent indices leave no space: the rest goes to the queue and
-        the pump reports the ring broken.
-        """
-        space = ring.reply_space()
-        tracer = self.daemon.tracer
-        for i, message in enumerate(messages):
-            if len(message) > space:
-                return messages[i:]
-            ring.write_replies(message)
-            space -= len(message)
-            self._kick = True
-            if tracer is not None:
-                tracer.output(self.name, message)
-        return []
-
-    def _enqueue(self, messages: list[bytes]) -> None:
-        engine = self.daemon.engine
-        limit = engine.quotas.for_domain(self.conn.domid).memory
-        tracer = self.daemon.tracer
-        timeout = self._event_timeout()
-        expires = time.monotonic() + timeout if timeout else math.inf
-        for message in messages:
-            is_reply = HEADER.unpack_from(message)[0] != Op.WATCH_EVENT
-            if not is_reply and limit and self.queued + len(message) > limit:
-                # Replies are bounded by the outstanding quota; events only
-                # by this: the guest is not reading, it loses the surplus.
-                self._dropped.lost(self.name, 1, "output over the memory quota")
-                continue
-            if tracer is not None:
-                tracer.output(self.name, message)
-            self._queue.append(
-                _Message(message, is_reply, math.inf if is_reply else expires)
-            )
-            self.queued += len(message)
-            self.outstanding += is_reply
-
-    def _write(self, ring: Ring) -> bool:
-        """Write queued output while the ring has space; True if any."""
-        queue = self._queue
-        wrote = False
-        while queue:
-            message = queue[0]
-            n = ring.write_replies(message.data[self._offset :])
-            if not n:
-                break
-            wrote = True
-            self._offset += n
-            self.queued -= n
-            if self._offset < len(message.data):
-                break  # the ring is full
-            queue.popleft()
-            self._offset = 0
-            self.outstanding -= message.is_reply
-        if not queue:
-            self._dropped.end(self.name)
-            self._expired.end(self.name)
-        return wrote
-
-    def _discard_expired(self) -> None:
-        """Drop events that waited longer than the watch-event timeout.
-
-        Only events none of whose bytes reached the ring (C's rule): a
-        message cut in the middle would wreck the stream.  Expiry times
-        grow along the queue, so the expired events are all in front of
-        the first live one and the scan stops there.
-        """
-        queue = self._queue
-        kept = [queue.popleft()] if self._offset else []
-        now = time.monotonic()
-        discarded = 0
-        while queue:
-            message = queue[0]
-            if message.is_reply:
-                kept.append(queue.popleft())
-            elif message.expires <= now:
-                queue.popleft()
-                discarded += 1
-                self.queued -= len(message.data)
-            else:
-                break
-        queue.extendleft(reversed(kept))
-        if discarded:
-            timeout = self._event_timeout()
-            self._expired.lost(self.name, discarded, f"events unread for {timeout:g} s")
-            if self.daemon.tracer is not None:
-                # They were traced when queued; say they never went out.
-                self.daemon.tracer.note(self.name, f"{discarded} events discarded")
-
-    # -- the pump -----------------------------------------------------------
-
-    def process(self) -> None:
-        """Move bytes both ways until no more progress can be made.
-
-        Handling a request can queue output for this very ring (through
-        :meth:`send`); the call made then returns at once and the running
-        loop writes it, so the pump never re-enters itself.
-        """
-        if self.ignored or self.closed or self._busy:
-            return
-        self._busy = True
-        try:
-            self._pump()
-        finally:
-            self._busy = False
-
-    def _pump(self) -> None:
-        ring = self.ring
-        if ring is None:
-            return
-        decoder = self.decoder
-        limits = self._limits()
-        if self._queue and self._event_timeout() and self.quiesce is Quiesce.ACTIVE:
-            self._discard_expired()
-        try:
-            if (
-                ring.connection == ConnectionState.RECONNECT
-                and self.quiesce is Quiesce.ACTIVE
-            ):
-                self._reconnect()
-                self._kick = True
-            while True:
-                # The common case first: a whole request in the ring and
-                # nothing half-received: one read, no decoder.
-                if (
-                    self.quiesce is Quiesce.ACTIVE
-                    and not decoder.partial
-                    and self._may_dispatch(limits)
-                ):
-                    data = ring.read_message()
-                    if data:
-                        self._kick = True
-                        op, req_id, tx_id, _ = HEADER.unpack_from(data)
-                        self._dispatch(Packet(op, req_id, tx_id, data[HEADER_SIZE:]))
-                        limits = self._limits()  # SET_QUOTA may have changed them
-                        if self._queue and self._write(ring):
-                            self._kick = True
-                        continue
-                progress = False
-                # Otherwise take what completes the message being received
-                # (one longer than the ring arrives in pieces).
-                while limit := self._read_limit(limits):
-                    data = ring.read_requests(limit)
-                    if not data:
-                        break
-                    progress = self._kick = True
-                    decoder.receive_data(data)
-                if not decoder.missing() and self._may_dispatch(limits):
-                    packet = decoder.next_packet()
-                    assert packet is not NEED_DATA
-                    progress = True
-                    self._dispatch(packet)
-                    limits = self._limits()
-                if self._queue and self._write(ring):
-                    progress = self._kick = True
-                if not progress:
-                    break
-        except RingCorrupt as error:
-            self._fail(RingError.RINGIDX, str(error))
-        except RemoteProtocolError as error:
-            self._fail(RingError.PROTO, str(error))
-        if self._kick:
-            self._kick = False
-            if not self.closed:
-                self._notify()
-        if (
-            self.quiesce is Quiesce.DRAINING
-            and not self.decoder.partial
-            and not self._queue
-        ):
-            self._quiesced()
-
-    def _dispatch(self, packet: Packet) -> None:
-        daemon = self.daemon
-        if daemon.tracer is not None:
-            daemon.tracer.request(self.name, packet)
-        daemon.engine.handle(self.conn, packet)
-        daemon.flush()
-
-    # -- QUIESCE ----------------------------------------------------------------
+        self._timer: asyncio.TimerHandle | None = None
 
     def begin_quiesce(self, done: Callable[[bool], None], timeout: float) -> None:
-        """Stop taking requests; call ``done(True)`` once drained and unmapped.
+        super().begin_quiesce(done, timeout)
+        if self._quiesce_waiters and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._expire)
 
-        ``done(False)`` if that takes longer than ``timeout`` seconds; the
-        ring then stays closed to new requests and keeps draining.
-        """
-        if self.quiesce is Quiesce.QUIESCED or self.ignored:
-            self.quiesce = Quiesce.QUIESCED
-            done(True)
-            return
-        self.quiesce = Quiesce.DRAINING
-        self._quiesce_waiters.append(done)
-        if self._quiesce_timer is None:
-            loop = asyncio.get_running_loop()
-            self._quiesce_timer = loop.call_later(timeout, self._quiesce_timeout)
-        self.process()
-
-    def _quiesce_timeout(self) -> None:
-        self._quiesce_timer = None
-        if self._quiesce_waiters:
-            log.warning(
-                "%s: QUIESCE timed out (partial input or output left)", self.name
-            )
-        self._answer_quiesce(False)
+    def _expire(self) -> None:
+        self._timer = None
+        self.tick()
         self.daemon.flush()
 
     def _answer_quiesce(self, drained: bool) -> None:
-        """Stop the QUIESCE timer and answer every QUIESCE waiting."""
-        if self._quiesce_timer is not None:
-            self._quiesce_timer.cancel()
-            self._quiesce_timer = None
-        waiters, self._quiesce_waiters = self._quiesce_waiters, []
-        for done in waiters:
-            done(drained)
-
-    def _unmap(self) -> None:
-        """Drop the views of the page, then the mapping itself."""
-        if self.ring is not None:
-            self.ring.release()
-            self.ring = None
-            self._close_mapping()
-
-    def _quiesced(self) -> None:
-        """Drained: drop the mapping (Xen marks the page dirty on unmap)."""
-        self.quiesce = Quiesce.QUIESCED
-        self._unmap()
-        log.info("%s: quiesced", self.name)
-        self._answer_quiesce(True)
-
-    def resume(self, ring: Ring, close_mapping: Callable[[], None]) -> None:
-        """INTRODUCE of the quiesced domain: serve the ring again."""
-        self._unmap()
-        self.ring = ring
-        self._close_mapping = close_mapping
-        self.quiesce = Quiesce.ACTIVE
-        # Events kept while quiesced (MIGRATION.md a.3 item 7) start their
-        # watch-event timeout now: the guest could not read them before.
-        timeout = self._event_timeout()
-        if timeout:
-            expires = time.monotonic() + timeout
-            for message in self._queue:
-                if not message.is_reply:
-                    message.expires = expires
-        self._answer_quiesce(False)
-        log.info("%s: resumed", self.name)
-        self.process()
-
-    # -- failure and reset --------------------------------------------------
-
-    def _fail(self, code: RingError, reason: str) -> None:
-        log.warning("%s: %s; ring marked broken (error %d)", self.name, reason, code)
-        if self.ring is not None:
-            self.ring.error = code
-        self.ignored = True
-        self.daemon.engine.reset_connection(self.conn)
-        self.reset()
-
-    def reset(self, *, keep_partial: bool = False) -> None:
-        """Forget partial input and every queued message.
-
-        With ``keep_partial`` a message already partly written into the
-        ring is kept (and finished): the indices are not reset then (a
-        repeated INTRODUCE), and cutting it would misframe the guest's
-        stream for good.
-        """
-        self.decoder.clear()
-        first = self._queue[0] if keep_partial and self._offset else None
-        self._queue.clear()
-        self.queued = 0
-        self.outstanding = 0
-        if first is None:
-            self._offset = 0
-            return
-        self._queue.append(first)
-        self.queued = len(first.data) - self._offset
-        self.outstanding = int(first.is_reply)
-
-    def _reconnect(self) -> None:
-        """The guest asked for a reset (RING.md 6), done the way O does it."""
-        log.info("%s: guest requested a reconnection", self.name)
-        self.daemon.engine.reset_connection(self.conn)
-        self.reset()
-        ring = self.ring
-        assert ring is not None
-        ring.reset_indexes()
-        ring.connection = ConnectionState.CONNECTED
-
-    def close(self) -> None:
-        """Stop serving and release the page."""
-        if self.closed:
-            return
-        self.closed = True
-        self.reset()
-        # A QUIESCE still draining gets its answer (EBUSY): the domain went.
-        self._answer_quiesce(False)
-        self._unmap()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super()._answer_quiesce(drained)
