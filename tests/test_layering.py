@@ -124,8 +124,10 @@ def violations(source: str, module: str, is_package: bool, root: Path) -> list[s
 
 def core_files() -> list[Path]:
     files = [PACKAGE / f"{name}.py" for name in ("errors", "paths", "perms", "watches")]
-    for sub in ("wire", "store", "engine"):
+    for sub in ("wire", "store", "engine", "migration"):
         files.extend(sorted((PACKAGE / sub).glob("*.py")))
+    # The client's sans-IO half: the protocol and the command flows.
+    files += [PACKAGE / "client" / f"{name}.py" for name in ("protocol", "commands")]
     return files
 
 
@@ -141,6 +143,8 @@ def test_core_module_is_sans_io_and_layered(path: Path) -> None:
 def test_every_core_package_is_checked() -> None:
     names = {module_name(p, PACKAGE) for p in core_files()}
     assert {"pyxenstored.wire", "pyxenstored.store", "pyxenstored.engine"} <= names
+    assert {"pyxenstored.migration", "pyxenstored.client.protocol"} <= names
+    assert "pyxenstored.engine.ringsession" in names
     assert "pyxenstored.engine.engine" in names
     assert "pyxenstored.store.tree" in names
 
