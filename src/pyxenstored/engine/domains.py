@@ -8,13 +8,14 @@ small :class:`Hypervisor` interface, which the daemon's shell implements
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
-from pyxenstored.errors import InvalidArgument, NoEntry
+from pyxenstored.errors import InvalidArgument, NoEntry, XsError
 from pyxenstored.paths import INTRODUCE_DOMAIN, RELEASE_DOMAIN
 from pyxenstored.perms import DOMID_FIRST_RESERVED, parse_domid
 from pyxenstored.store.node import Change
@@ -260,6 +261,13 @@ def do_introduce(
     new = engine.connect_domain(domid)
     try:
         hypervisor.attach(new, gfn, port, int(engine.domain_features(domid)))
+    except OSError as error:
+        # The hypervisor refused (a grant, a binding): C answers its errno,
+        # EINVAL when xenstore has no name for it.
+        engine.disconnect(new)
+        log.warning("INTRODUCE of domain %d failed: %s", domid, error)
+        name = errno.errorcode.get(error.errno or 0, "EINVAL")
+        raise XsError.from_code(name, str(error)) from None
     except Exception:
         engine.disconnect(new)
         raise
