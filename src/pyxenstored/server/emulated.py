@@ -53,6 +53,8 @@ class EmulatedPlatform:
         self._virq_port = 0
         #: The domain of each bound port (for the ``port-N`` files).
         self._domain_of: dict[int, int] = {}
+        #: The port each domain was last given: bound again, it keeps it.
+        self._port_for: dict[int, int] = {}
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, name)
@@ -134,7 +136,17 @@ class EmulatedPlatform:
         return memoryview(mapping), mapping.close
 
     def bind(self, domid: int, remote_port: int) -> int:
-        port = self._alloc_port()
+        """A local port for the domain; the same one when it is bound again.
+
+        A simulated guest kicks the number it read from ``DIR/port-N``
+        once; on Xen the guest's end is its own port and the daemon's local
+        number does not matter to it, so keeping the number across a
+        re-INTRODUCE is the faithful emulation.
+        """
+        port = self._port_for.get(domid)
+        if port is None or port in self._domain_of:
+            port = self._alloc_port()
+            self._port_for[domid] = port
         self._domain_of[port] = domid
         self._write_small(f"port-{domid}", f"{port}\n")
         return port
