@@ -54,6 +54,9 @@ class RefusingPlatform:
     def notifier(self, domid: int, port: int) -> Callable[[], None]:
         return lambda: None
 
+    def master_port(self) -> int | None:
+        return None
+
 
 def test_a_refused_binding_leaves_no_half_introduced_domain() -> None:
     engine = Engine()

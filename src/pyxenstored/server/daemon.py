@@ -269,13 +269,15 @@ class Daemon:
 
     def _init_master(self) -> None:
         """Serve dom0's own ring, as C's ``dom0_init`` (not with ``-D``)."""
-        master_port = getattr(self.platform, "master_port", None)
-        if master_port is None or not self.config.domain_init:
+        if self.platform is None or not self.config.domain_init:
+            return
+        port = self.platform.master_port()
+        if port is None:
             return
         domid = self.config.master_domid
         if domid is None:
             domid = self.engine.priv_domid
-        self.engine.introduce_master(domid, master_port())
+        self.engine.introduce_master(domid, port)
 
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT (or :meth:`stop`), then clean up."""

@@ -179,3 +179,7 @@ class EmulatedPlatform:
                     log.debug("dom%d: kick failed: %s", domid, error)
 
         return notify
+
+    def master_port(self) -> int | None:
+        """None: under the emulation dom0 talks over the socket only."""
+        return None

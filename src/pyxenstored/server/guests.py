@@ -85,6 +85,9 @@ class Platform(Protocol):
     def notifier(self, domid: int, port: int) -> Callable[[], None]:
         """A function kicking the domain through ``port`` (called per kick)."""
 
+    def master_port(self) -> int | None:
+        """The remote port of dom0's own ring, if this platform has one."""
+
 
 class Guests:
     """The rings of the introduced domains: the engine's ``Hypervisor``."""

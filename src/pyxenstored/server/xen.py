@@ -159,7 +159,7 @@ class XenPlatform:
             raise NoEntry(f"cannot map the ring of domain {domid}: {error}") from None
         return mapping.view, mapping.unmap
 
-    def master_port(self) -> int:
+    def master_port(self) -> int | None:
         """The remote port of dom0's own ring (``/proc/xen/xsd_port``)."""
         if self._dom0 is None:
             self._dom0 = xenlibs.Dom0Xenbus()
