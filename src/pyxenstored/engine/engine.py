@@ -66,8 +66,10 @@ log = logging.getLogger(__name__)
 def _describe(packet: Packet) -> str:
     """The request, for the log line of an internal error (never raises)."""
     try:
-        op = packet.op
-        name = Op(op).name if op in Op._value2member_map_ else f"type {op}"
+        try:
+            name = Op(packet.op).name
+        except ValueError:
+            name = f"type {packet.op}"
         return (
             f"{name} (req_id {packet.req_id}, tx_id {packet.tx_id}, "
             f"payload {packet.payload[:256]!r})"

@@ -44,8 +44,5 @@ def make_platform(config: Config) -> Platform | None:
     if choice == "xen":
         from pyxenstored.server.xen import XenPlatform
 
-        master = config.master_domid
-        if master is None:
-            master = config.engine.priv_domid
-        return XenPlatform(master_domid=master)
+        return XenPlatform(master_domid=config.master)
     raise ValueError(f"unknown hypervisor backend {choice!r}")

@@ -48,9 +48,16 @@ class Config:
     watch_event_timeout: float = 20.0
     #: Serve the master domain's own ring at start (C: cleared by ``-D``).
     domain_init: bool = True
-    #: The master domain (C ``--master-domid``); None: the default, 0.
+    #: The master domain (C ``--master-domid``); None: the privileged one.
     master_domid: int | None = None
     #: Started by a live update (C ``-U``); parsed, not acted on yet.
     live_update: bool = False
     #: Hypervisor backend: ``auto``, ``emulated``, ``xen`` or ``none``.
     hypervisor: str = "auto"
+
+    @property
+    def master(self) -> int:
+        """The domain whose ring is dom0's own (default: the privileged one)."""
+        if self.master_domid is None:
+            return self.engine.priv_domid
+        return self.master_domid

@@ -274,10 +274,7 @@ class Daemon:
         port = self.platform.master_port()
         if port is None:
             return
-        domid = self.config.master_domid
-        if domid is None:
-            domid = self.engine.priv_domid
-        self.engine.introduce_master(domid, port)
+        self.engine.introduce_master(self.config.master, port)
 
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT (or :meth:`stop`), then clean up."""

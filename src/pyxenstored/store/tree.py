@@ -198,12 +198,6 @@ class Store:
             for undo in reversed(journal):
                 undo()
 
-    def _restore_entry(self, table: dict[int, int], key: int) -> None:
-        journal = self.journal
-        if journal is not None:
-            old = table.get(key)
-            journal.append(partial(_put_back, table, key, old))
-
     # -- View -------------------------------------------------------------
 
     def get(self, path: str) -> Node | None:
@@ -244,8 +238,9 @@ class Store:
 
     def _count(self, domid: int, delta: int) -> None:
         counts = self.owner_counts
-        if self.journal is not None:
-            self._restore_entry(counts, domid)
+        journal = self.journal
+        if journal is not None:
+            journal.append(partial(_put_back, counts, domid, counts.get(domid)))
         value = counts.get(domid, 0) + delta
         if value:
             counts[domid] = value
@@ -254,8 +249,9 @@ class Store:
 
     def _charge(self, domid: int, delta: int) -> None:
         charged = self.owner_bytes
-        if self.journal is not None:
-            self._restore_entry(charged, domid)
+        journal = self.journal
+        if journal is not None:
+            journal.append(partial(_put_back, charged, domid, charged.get(domid)))
         value = charged.get(domid, 0) + delta
         if value:
             charged[domid] = value
