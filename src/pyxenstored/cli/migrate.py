@@ -12,6 +12,8 @@ The toolstack's commands for non-cooperative migration (MIGRATION.md a.7):
 * ``resume --domid N [--gfn GFN --port PORT]``: on the source after a
   failed migration, INTRODUCE the quiesced domain so it carries on.
 * ``show [FILE]``: a readable listing of any libxl v2 stream.
+* ``dump [FILE]``: a readable listing of a xenstore state stream
+  (MIGRATION.md b.2-b.5), such as C xenstored's live-update ``state_dump``.
 
 Streams work on files and pipes, so they can go through ``ssh``.
 """
@@ -42,6 +44,7 @@ from pyxenstored.migration.stream import (
     encode_record,
     encode_stream,
 )
+from pyxenstored.migration.xsstate import StateStreamError, decode_state, describe_state
 
 __all__ = ["migrate"]
 
@@ -71,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--port", type=int, help="default: store/port")
     show = sub.add_parser("show", help="list the records of a stream")
     show.add_argument("file", nargs="?", help="default: stdin")
+    dump = sub.add_parser("dump", help="list the records of a xenstore state stream")
+    dump.add_argument("file", nargs="?", help="default: stdin")
     return p
 
 
@@ -217,6 +222,16 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dump(args: argparse.Namespace) -> int:
+    what = args.file or "stdin"
+    try:
+        state = decode_state(_read(args.file))
+    except StateStreamError as error:
+        raise CliExit(f"{what}: bad xenstore state stream: {error}") from None
+    print("\n".join(describe_state(state)))
+    return 0
+
+
 def migrate(socket: str | None, argv: Sequence[str]) -> int:
     """Run ``pyxenstore migrate ...``; returns the exit status."""
     args = _parser().parse_args(list(argv))
@@ -226,4 +241,6 @@ def migrate(socket: str | None, argv: Sequence[str]) -> int:
         return _restore(socket, args)
     if args.command == "resume":
         return _resume(socket, args)
+    if args.command == "dump":
+        return _dump(args)
     return _show(args)

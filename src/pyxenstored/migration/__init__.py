@@ -4,6 +4,8 @@
 ``records``: the DOMAIN_XENSTORE_DATA record and its node and watch
 sub-records (MIGRATION.md a.2, c.2, c.6).
 ``snapshot``: a domain's nodes and watches to records and back.
+``xsstate``: the xenstore state stream of live update (MIGRATION.md b.2-b.5),
+imported from its module (its names would clash with the ones above).
 """
 
 from __future__ import annotations
