@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import logging.handlers
@@ -21,13 +22,16 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from pyxenstored import __version__
-from pyxenstored.engine.engine import EngineConfig
+from pyxenstored.engine.engine import Engine, EngineConfig
+from pyxenstored.engine.livestate import Restored, RestoreError, cold_start, restore
 from pyxenstored.errors import InvalidArgument
+from pyxenstored.migration.xsstate import ConnType
 from pyxenstored.server import startup
 from pyxenstored.server.backends import BACKENDS, make_platform
 from pyxenstored.server.config import Config, default_socket_path
 from pyxenstored.server.daemon import Daemon, SocketInUse
 from pyxenstored.server.guests import Platform
+from pyxenstored.server.liveupdate import STATE_FILE, StateUnreadable, load_state
 from pyxenstored.server.startup import Outcome, PidFile, PidFileHeld, Report
 from pyxenstored.store.quota import Limits, QuotaRule, field_for
 
@@ -145,7 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         "-U",
         "--live-update",
         action="store_true",
-        help="started by a live update (accepted; not acted on yet)",
+        help="started by a live update: take over $XENSTORED_RUNDIR/state_dump "
+        "(its connections, rings, nodes and watches); never forks",
+    )
+    p.add_argument(
+        "--restore",
+        metavar="FILE",
+        help="start from a saved xenstore state stream (its nodes, permissions, "
+        "quotas and domain features; no connections)",
     )
     c = p.add_argument_group("accepted for C xenstored's command lines")
     c.add_argument(
@@ -255,7 +266,8 @@ def _limits(args: argparse.Namespace) -> Limits:
     return dataclasses.replace(Limits(), **values)
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace, argv: Sequence[str] = ()) -> Config:
+    """The daemon's settings; ``argv``: the arguments, for a live update."""
     timeout = 20.0
     for name, value in args.timeout:
         if name != "watch-event":
@@ -266,8 +278,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         limits=_limits(args),
         quota_rule=QuotaRule(args.quota_rule),
     )
+    socket_path = args.socket or default_socket_path()
     return Config(
-        socket_path=args.socket or default_socket_path(),
+        socket_path=socket_path,
+        # C writes its live-update state in $XENSTORED_RUNDIR; without it,
+        # beside the socket (which is C's /var/run/xenstored by default).
+        rundir=os.environ.get("XENSTORED_RUNDIR")
+        or os.path.dirname(os.path.abspath(socket_path)),
         engine=engine,
         pid_file=args.pid_file,
         log_file=args.log_file,
@@ -279,7 +296,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         domain_init=not args.no_domain_init,
         master_domid=args.master_domid,
         live_update=args.live_update,
+        restore_file=args.restore,
         hypervisor=args.hypervisor,
+        argv=tuple(argv),
     )
 
 
@@ -357,13 +376,57 @@ class _ReportingDaemon(Daemon):
         config: Config,
         platform: Platform | None,
         on_ready: Callable[[], None],
+        *,
+        engine: Engine | None = None,
+        restored: Restored | None = None,
     ) -> None:
-        super().__init__(config, platform=platform)
+        super().__init__(config, engine=engine, platform=platform, restored=restored)
         self._on_ready = on_ready
 
     async def start(self) -> None:
         await super().start()
         self._on_ready()
+
+
+def _saved_state(config: Config) -> tuple[Engine, Restored | None] | None:
+    """The engine a live update (``-U``) or ``--restore FILE`` starts with.
+
+    Raises:
+        StateUnreadable: the state file is missing or not a valid stream.
+        RestoreError: it decodes but is not a consistent state.
+    """
+    if config.live_update:
+        path = os.path.join(config.rundir, STATE_FILE)
+    elif config.restore_file:
+        path = config.restore_file
+    else:
+        return None
+    stream = load_state(path)
+    engine = Engine(config.engine)
+    try:
+        if config.live_update:
+            restored = restore(engine, stream)
+            log.info(
+                "live update: %s read: %d records, %d nodes",
+                path,
+                len(stream.records),
+                len(engine.store),
+            )
+            return engine, restored
+        restore(engine, cold_start(stream))
+    except RestoreError as error:
+        raise RestoreError(error.offset, f"{path}: {error.reason}") from None
+    log.info("restored %d nodes from %s", len(engine.store), path)
+    return engine, None
+
+
+def _ports(restored: Restored) -> dict[int, int]:
+    """Local port -> domid of the rings a live update carried over."""
+    return {
+        saved.evtchn: conn.domid
+        for conn, saved in restored.connections
+        if saved.conn_type is ConnType.RING
+    }
 
 
 def _parent(launch: startup.Launch, output_pid: bool) -> int:
@@ -403,11 +466,17 @@ def _serve(
     def ready() -> None:
         if pid_file is not None:
             pid_file.write()
-        state = "READY=1" + (f"\nMAINPID={os.getpid()}" if detach else "")
-        try:
-            startup.notify_systemd(state)
-        except OSError as error:
-            log.warning("cannot notify systemd: %s", error)
+        if config.live_update:
+            # Taken over: the saved state is used up (C removes it too).
+            # systemd was told READY by the first program of this process.
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(config.rundir, STATE_FILE))
+        else:
+            state = "READY=1" + (f"\nMAINPID={os.getpid()}" if detach else "")
+            try:
+                startup.notify_systemd(state)
+            except OSError as error:
+                log.warning("cannot notify systemd: %s", error)
         if output_pid and not detach:
             print(os.getpid(), flush=True)
         reporter.report(Report(Outcome.READY))
@@ -418,6 +487,11 @@ def _serve(
             if not config.log_file:
                 _log_to_syslog()
 
+    try:
+        saved = _saved_state(config)
+    except (StateUnreadable, RestoreError) as error:
+        return fail(str(error))
+    engine, restored = saved if saved is not None else (None, None)
     pid_file: PidFile | None = None
     if config.pid_file:
         try:
@@ -430,13 +504,22 @@ def _serve(
             return fail(f"cannot use the pid file {config.pid_file}: {error.strerror}")
     try:
         try:
-            platform = make_platform(config)
+            if restored is not None:
+                platform = make_platform(
+                    config, evtchn_fd=restored.evtchn_fd, ports=_ports(restored)
+                )
+            else:
+                platform = make_platform(config)
         except ValueError as error:
             return fail(str(error))
         # The pid file is ours to hold: the daemon would open and close it
         # to write the pid, and closing any descriptor drops our lock.
         daemon = _ReportingDaemon(
-            dataclasses.replace(config, pid_file=None), platform, ready
+            dataclasses.replace(config, pid_file=None),
+            platform,
+            ready,
+            engine=engine,
+            restored=restored,
         )
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(daemon.serve())
@@ -450,9 +533,10 @@ def _serve(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
-        config = config_from_args(args)
+        config = config_from_args(args, argv)
         factory = loop_factory(args.event_loop)
     except InvalidArgument as error:
         parser.error(error.message)
@@ -469,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _warn_about_accepted_options(args)
     log.info("event loop: %s", "asyncio" if factory is None else "uvloop")
     reporter = startup.Reporter(None)
-    if not args.no_fork:
+    if not args.no_fork and not args.live_update:
         config = _absolute(config)
         side = startup.fork()
         if isinstance(side, startup.Launch):

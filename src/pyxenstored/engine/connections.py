@@ -6,7 +6,7 @@ from pyxenstored.paths import domain_home
 from pyxenstored.store.transaction import Transaction
 from pyxenstored.watches import WatchTable
 from pyxenstored.wire.ops import HEADER_SIZE
-from pyxenstored.wire.packet import HEADER
+from pyxenstored.wire.packet import HEADER, Packet
 
 __all__ = ["Connection"]
 
@@ -26,6 +26,7 @@ class Connection:
         "is_socket",
         "next_tx_id",
         "out",
+        "parked",
         "privileged",
         "queued_events",
         "restored",
@@ -60,6 +61,8 @@ class Connection:
         self.closed = False
         #: Restored by a migration: unknown transaction ids are doomed.
         self.restored = False
+        #: Requests held back while a live update is pending, in order.
+        self.parked: list[Packet] | None = None
 
     @property
     def watch_bytes(self) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from pyxenstored.engine.audit import audit
+from pyxenstored.engine.liveupdate import control_live_update
 from pyxenstored.errors import InternalError, InvalidArgument, NoEntry
 from pyxenstored.perms import parse_domid
 from pyxenstored.store.quota import QUOTA_NAMES, Limits
@@ -55,6 +56,12 @@ class Operator(Protocol):
             OSError: the file cannot be written, or there is no trace file.
         """
 
+    def check_update_binary(self, path: str) -> str | None:
+        """``live-update -f``: why ``path`` cannot be run (None: it can)."""
+
+    def live_update_started(self) -> None:
+        """``live-update -s``: the engine's session waits to be carried out."""
+
 
 class LoggingOperator:
     """The operator of an engine with no daemon around it: it only logs."""
@@ -70,6 +77,12 @@ class LoggingOperator:
 
     def append_report(self, path: str | None, text: str) -> None:
         raise OSError(f"no files are written here ({path or 'trace'})")
+
+    def check_update_binary(self, path: str) -> str | None:
+        return "Live update is not possible here."
+
+    def live_update_started(self) -> None:
+        log.info("control: live update started (nothing carries it out here)")
 
 
 def _arguments(args: list[str], count: int, usage: str) -> None:
@@ -162,6 +175,12 @@ def _memreport(engine: Engine, args: list[str]) -> str:
     return "OK"
 
 
+def _live_update_usage(engine: Engine, args: list[str]) -> str:
+    # Only listed here: do_control hands the sub-commands to liveupdate.py,
+    # which needs the connection and the request.
+    raise InvalidArgument("live-update")
+
+
 def _number(text: str) -> int:
     """A quota value: a positive decimal number (C refuses below 1)."""
     if not text.isascii() or not text.isdigit() or int(text) < 1:
@@ -172,6 +191,10 @@ def _number(text: str) -> int:
 COMMANDS: dict[str, tuple[Command, str]] = {
     "check": (_check, "check the tree and every account against a recount"),
     "help": (_help, "this list"),
+    "live-update": (
+        _live_update_usage,
+        "[-c <cmdline>] [-F] [-t <timeout>] <file>: replace the daemon's program",
+    ),
     "log": (_log, "on|off: switch the request log"),
     "logfile": (_logfile, "reopen the log file"),
     "memreport": (_memreport, "[<file>]: append the memory report to it or the trace"),
@@ -183,9 +206,12 @@ COMMANDS: dict[str, tuple[Command, str]] = {
 
 def do_control(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
-) -> bytes:
+) -> bytes | None:
     args = split_args(packet.payload)
     if not args or args[0] not in COMMANDS:
         raise InvalidArgument("unknown control command")
+    if args[0] == "live-update":
+        answer = control_live_update(engine, conn, packet, args[1:])
+        return None if answer is None else answer.encode() + b"\0"
     command, _ = COMMANDS[args[0]]
     return command(engine, args[1:]).encode() + b"\0"

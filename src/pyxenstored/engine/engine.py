@@ -39,6 +39,7 @@ from pyxenstored.engine.domains import (
 )
 from pyxenstored.engine.features import DEFAULT_DOMAIN_FEATURES
 from pyxenstored.engine.handlers import HANDLERS, NOTID, PRIV
+from pyxenstored.engine.liveupdate import LiveUpdate
 from pyxenstored.errors import (
     InternalError,
     NoEntry,
@@ -76,6 +77,10 @@ def _describe(packet: Packet) -> str:
         )
     except Exception:
         return repr(packet)[:300]
+
+
+def _no_clock() -> float:
+    return 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,10 @@ class Engine:
         self.domains = Domains(self.priv_domid, domain_exists)
         #: What CONTROL asks of the daemon (log lines, trace, report files).
         self.operator: Operator = LoggingOperator()
+        #: Seconds, for transaction ages (the shell gives a monotonic clock).
+        self.clock: Callable[[], float] = _no_clock
+        #: The CONTROL ``live-update`` session, if one is open.
+        self.live_update: LiveUpdate | None = None
 
     # -- connections --------------------------------------------------------
 
@@ -149,6 +158,10 @@ class Engine:
 
     def disconnect(self, conn: Connection) -> None:
         """Forget a connection: its watches, transactions and output go."""
+        conn.parked = None
+        if self.live_update is not None and self.live_update.conn is conn:
+            log.info("live update abandoned: its connection closed")
+            self.end_live_update()
         self.reset_connection(conn)
         conn.closed = True
         self.connections.pop(conn.id, None)
@@ -317,6 +330,8 @@ class Engine:
         ENOMEM, as C's ``fail_transaction``), and the client gets EIO, as C
         answers its own internal failures.
         """
+        if self.live_update is not None and self._park(conn, packet):
+            return
         store = self.store
         store.begin()
         tx = None
@@ -356,6 +371,32 @@ class Engine:
         store.end()
         if payload is not None:
             self.reply(conn, packet, payload)
+
+    # -- live update -----------------------------------------------------------
+
+    def _park(self, conn: Connection, packet: Packet) -> bool:
+        """Hold back a new transaction while a live update waits (as C).
+
+        A connection with a parked request has all its later ones parked
+        too, so its requests are still handled in order.
+        """
+        if conn.parked is not None:
+            conn.parked.append(packet)
+            return True
+        if packet.op == Op.TRANSACTION_START and not conn.transactions:
+            conn.parked = [packet]
+            return True
+        return False
+
+    def end_live_update(self) -> None:
+        """The update is aborted or failed: handle the parked requests now."""
+        self.live_update = None
+        for conn in list(self.connections.values()):
+            parked, conn.parked = conn.parked, None
+            for packet in parked or ():
+                if conn.closed:
+                    break
+                self.handle(conn, packet)
 
     def _doomed_transaction(self, conn: Connection, packet: Packet) -> Transaction:
         """An unknown transaction id of a migrated domain (MIGRATION.md c.11).

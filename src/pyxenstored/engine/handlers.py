@@ -308,9 +308,9 @@ def do_transaction_start(
     while tx_id == 0 or tx_id in conn.transactions:
         tx_id = (tx_id + 1) & 0xFFFFFFFF
     conn.next_tx_id = (tx_id + 1) & 0xFFFFFFFF
-    conn.transactions[tx_id] = Transaction(
-        tx_id, engine.store, engine.quotas, conn.domid, conn.privileged
-    )
+    tx = Transaction(tx_id, engine.store, engine.quotas, conn.domid, conn.privileged)
+    tx.started = engine.clock()
+    conn.transactions[tx_id] = tx
     return f"{tx_id}\0".encode()
 
 

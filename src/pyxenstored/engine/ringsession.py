@@ -480,6 +480,42 @@ class RingSession:
         log.info("%s: resumed", self.name)
         self.process()
 
+    # -- live update ------------------------------------------------------------
+
+    def pending_io(self) -> tuple[bytes, bytes, int]:
+        """What a live update saves: input taken off the ring and not yet
+        handled, output not yet in the ring, and how much of that output is
+        the rest of a message partly written (MIGRATION.md b.5)."""
+        queue = self._queue
+        out = b"".join(m.data for m in queue)[self._offset :]
+        resp_len = len(queue[0].data) - self._offset if self._offset else 0
+        return self.decoder.peek(), out, resp_len
+
+    def restore_io(self, in_data: bytes, out_data: bytes, resp_len: int) -> None:
+        """Take back what :meth:`pending_io` saved (the restored image).
+
+        Whole requests in ``in_data`` are handled before anything new is
+        read from the ring; the output is queued message by message, the
+        partly written one first.
+        """
+        self.decoder.receive_data(in_data)
+        if resp_len:
+            # The tail of a message: no header to tell what it is; C counts
+            # it as a reply (outstanding) too.
+            self._queue.append(_Message(out_data[:resp_len], is_reply=True))
+            self.queued += resp_len
+            self.outstanding += 1
+        messages: list[bytes] = []
+        pos = resp_len
+        while pos < len(out_data):
+            if len(out_data) - pos < HEADER_SIZE:
+                log.warning("%s: saved output ends in a cut header; dropped", self.name)
+                break
+            length = HEADER_SIZE + HEADER.unpack_from(out_data, pos)[3]
+            messages.append(out_data[pos : pos + length])
+            pos += length
+        self._enqueue(messages)
+
     # -- failure and reset --------------------------------------------------
 
     def _fail(self, code: RingError, reason: str) -> None:

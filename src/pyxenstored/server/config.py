@@ -13,6 +13,12 @@ __all__ = ["Config", "default_socket_path"]
 DEFAULT_RUNDIR = "/var/run/xenstored"
 
 
+def default_rundir(env: Mapping[str, str] | None = None) -> str:
+    """``$XENSTORED_RUNDIR``, else ``/var/run/xenstored`` (as C)."""
+    env = os.environ if env is None else env
+    return env.get("XENSTORED_RUNDIR") or DEFAULT_RUNDIR
+
+
 def default_socket_path(env: Mapping[str, str] | None = None) -> str:
     """Where clients and the daemon look for the socket, as libxenstore does.
 
@@ -50,8 +56,15 @@ class Config:
     domain_init: bool = True
     #: The master domain (C ``--master-domid``); None: the privileged one.
     master_domid: int | None = None
-    #: Started by a live update (C ``-U``); parsed, not acted on yet.
+    #: Started by a live update (C ``-U``): take over the saved state.
     live_update: bool = False
+    #: ``--restore FILE``: start from a saved state (nodes, quotas only).
+    restore_file: str | None = None
+    #: Where the live-update state is written (C: ``$XENSTORED_RUNDIR``).
+    rundir: str = field(default_factory=lambda: default_rundir())
+    #: The daemon's own arguments, given again to the program a live
+    #: update starts (C's rule), without the program name.
+    argv: tuple[str, ...] = ()
     #: Hypervisor backend: ``auto``, ``emulated``, ``xen`` or ``none``.
     hypervisor: str = "auto"
 

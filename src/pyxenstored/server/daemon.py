@@ -13,20 +13,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import signal
 import socket
 import stat
+import time
 from typing import Protocol, cast
 
 from pyxenstored.engine.connections import Connection
 from pyxenstored.engine.engine import Engine
+from pyxenstored.engine.livestate import ConnIO, Restored
 from pyxenstored.errors import RemoteProtocolError
+from pyxenstored.migration.xsstate import ConnectionData, ConnType
 from pyxenstored.server.config import Config
 from pyxenstored.server.guests import Guests, Platform
+from pyxenstored.server.liveupdate import Updater, binary_problem
+from pyxenstored.server.rings import Quiesce, RingClient
 from pyxenstored.server.trace import Tracer
 from pyxenstored.wire.decoder import NEED_DATA, PacketDecoder
+from pyxenstored.wire.packet import HEADER
 
 __all__ = ["Daemon", "SocketInUse"]
 
@@ -59,23 +66,51 @@ class _SocketClient(asyncio.BufferedProtocol):
     request itself.
     """
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(
+        self,
+        daemon: Daemon,
+        conn: Connection | None = None,
+        saved: ConnectionData | None = None,
+    ) -> None:
+        """``conn`` and ``saved``: a connection carried over by a live update,
+        with the input it had not handled and the output not yet sent."""
         self.daemon = daemon
         self.decoder = PacketDecoder()
         self._buffer = bytearray(_READ_SIZE)
         self._view = memoryview(self._buffer)
         self.transport: asyncio.Transport | None = None
-        self.conn: Connection | None = None
+        self.conn: Connection | None = conn
+        self._saved = saved
         self.name = "socket"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=_PAUSE_AT)
-        self.conn = self.daemon.engine.connect_socket()
+        if self.conn is None:
+            self.conn = self.daemon.engine.connect_socket()
         self.name = f"conn{self.conn.id}"
         self.daemon.clients[self.conn.id] = self
         log.debug("%s: connected", self.name)
+        saved, self._saved = self._saved, None
+        if saved is not None:
+            if saved.out_data:
+                self.transport.write(saved.out_data)
+            if saved.in_data:
+                self.data_received(saved.in_data)
+
+    def fileno(self) -> int:
+        """The client socket's descriptor (-1 once closed)."""
+        if self.transport is None:
+            return -1
+        sock = self.transport.get_extra_info("socket")
+        return -1 if sock is None else int(sock.fileno())
+
+    def unsent(self) -> int:
+        """Bytes written to the transport and not yet to the socket."""
+        if self.transport is None or self.transport.is_closing():
+            return 0
+        return self.transport.get_write_buffer_size()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -149,6 +184,14 @@ class _SocketClient(asyncio.BufferedProtocol):
         self.transport = None
 
 
+def _adopt_socket(fd: int) -> socket.socket:
+    """A socket inherited across exec, closed on the next exec again."""
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)
+    sock.setblocking(False)
+    return sock
+
+
 class Daemon:
     """Serve one engine on the Unix socket until stopped."""
 
@@ -157,6 +200,7 @@ class Daemon:
         config: Config,
         engine: Engine | None = None,
         platform: Platform | None = None,
+        restored: Restored | None = None,
     ) -> None:
         self.config = config
         self.engine = engine or Engine(config.engine)
@@ -166,11 +210,15 @@ class Daemon:
         self.guests: Guests | None = None
         self._scanner: asyncio.Task[None] | None = None
         self.tracer: Tracer | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         #: Where the request trace goes (``-T``, CONTROL ``logfile``).
         self.trace_file = config.trace_file
         self.engine.operator = self
+        self.engine.clock = time.monotonic
+        #: What a live update left for this program to take over.
+        self.restored = restored
+        self.updater = Updater(self)
 
     # -- CONTROL (the engine's Operator) ----------------------------------
 
@@ -201,6 +249,82 @@ class Daemon:
             return
         with open(path, "a", encoding="utf-8") as report:
             report.write(text)
+
+    def check_update_binary(self, path: str) -> str | None:
+        return binary_problem(path)
+
+    def live_update_started(self) -> None:
+        self.updater.start()
+
+    # -- live update (server/liveupdate.py) --------------------------------------
+
+    def connection_io(self) -> list[ConnIO]:
+        """What each connection holds, for the saved state (engine order)."""
+        ios = []
+        for conn in self.engine.connections.values():
+            parked = b"".join(
+                HEADER.pack(p.op, p.req_id, p.tx_id, len(p.payload)) + p.payload
+                for p in conn.parked or ()
+            )
+            client = self.clients.get(conn.id)
+            io = ConnIO(conn)
+            if isinstance(client, _SocketClient):
+                io.socket_fd = client.fileno()
+                io.in_data = parked + client.decoder.peek()
+                io.out_data = b"".join(conn.out)
+            elif isinstance(client, RingClient) and self.guests is not None:
+                pending, io.out_data, io.out_resp_len = client.pending_io()
+                io.in_data = parked + pending
+                io.port = self.guests.port_of.get(conn.domid, 0)
+            else:
+                continue
+            ios.append(io)
+        return ios
+
+    def update_blockers(self) -> list[str]:
+        """Why the state cannot be saved right now (empty: it can)."""
+        blockers = []
+        for client in self.clients.values():
+            if isinstance(client, _SocketClient) and client.unsent():
+                blockers.append(f"{client.name}: {client.unsent()} bytes not sent")
+            elif (
+                isinstance(client, RingClient) and client.quiesce is not Quiesce.ACTIVE
+            ):
+                blockers.append(f"Domain {client.conn.domid}: quiesced for migration")
+        return blockers
+
+    def listening_fd(self) -> int:
+        if self._server is None or not self._server.sockets:
+            return -1
+        return self._server.sockets[0].fileno()
+
+    def _exec_fds(self) -> list[int]:
+        fds = [self.listening_fd()]
+        fds += [
+            c.fileno() for c in self.clients.values() if isinstance(c, _SocketClient)
+        ]
+        return [fd for fd in fds if fd >= 0]
+
+    def prepare_exec(self) -> None:
+        """Every descriptor the new program takes over survives exec."""
+        for fd in self._exec_fds():
+            os.set_inheritable(fd, True)
+        if self.guests is not None:
+            self.platform_or_fail().prepare_exec()
+
+    def exec_failed(self) -> None:
+        for fd in self._exec_fds():
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
+        if self.guests is not None:
+            try:
+                self.platform_or_fail().exec_failed()
+            except OSError as error:
+                log.error("after a failed live update: %s", error)
+
+    def platform_or_fail(self) -> Platform:
+        assert self.platform is not None, "no hypervisor backend"
+        return self.platform
 
     # -- output ------------------------------------------------------------
 
@@ -254,18 +378,63 @@ class Daemon:
         """Bind the socket and start accepting clients."""
         if self.trace_file:
             self.tracer = Tracer.open(self.trace_file)
-        sock = self._bind()
+        restored = self.restored
+        if restored is not None and restored.socket_fd >= 0:
+            sock = _adopt_socket(restored.socket_fd)
+        else:
+            sock = self._bind()
         loop = asyncio.get_running_loop()
         if self.platform is not None:
             self.guests = Guests(self, self.platform)
             self.guests.start(loop)
             self.engine.domains.hypervisor = self.guests
             self._scanner = loop.create_task(self._scan_rings())
-            self._init_master()
+            if restored is None:
+                self._init_master()
         self._server = await loop.create_unix_server(
             lambda: _SocketClient(self), sock=sock
         )
+        if restored is not None:
+            await self._take_over(restored)
         log.info("serving %s", self.config.socket_path)
+
+    async def _take_over(self, restored: Restored) -> None:
+        """Serve the connections a live update carried over, then look at
+        which domains still live (one may have died during the update)."""
+        loop = asyncio.get_running_loop()
+        rings: list[RingClient] = []
+        for conn, saved in restored.connections:
+            if saved.conn_type is ConnType.RING:
+                if self.guests is None:
+                    log.error(
+                        "dom%d: a ring connection, but no hypervisor backend; dropped",
+                        conn.domid,
+                    )
+                    self.engine.domains.remove(conn.domid)
+                    self.engine.disconnect(conn)
+                    continue
+                client = self.guests.restore_ring(conn, saved.evtchn)
+                client.restore_io(saved.in_data, saved.out_data, saved.out_resp_len)
+                rings.append(client)
+                continue
+            try:
+                sock = _adopt_socket(saved.socket_fd)
+                await loop.connect_accepted_socket(
+                    functools.partial(_SocketClient, self, conn, saved), sock=sock
+                )
+            except OSError as error:
+                log.warning("%s: not restored: %s", conn.describe(), error)
+                self.engine.disconnect(conn)
+        self.engine.check_domains()
+        for client in rings:
+            client.kick()
+            client.process()
+        self.flush()
+        log.info(
+            "live update: %d connections taken over (%d rings)",
+            len(restored.connections),
+            len(rings),
+        )
 
     def _init_master(self) -> None:
         """Serve dom0's own ring, as C's ``dom0_init`` (not with ``-D``)."""
@@ -303,6 +472,7 @@ class Daemon:
 
     async def close(self) -> None:
         """Stop accepting, drop every client, remove the socket and pid file."""
+        self.updater.cancel()
         if self._scanner is not None:
             self._scanner.cancel()
             self._scanner = None

@@ -45,16 +45,28 @@ KICK = struct.Struct("=I")
 class EmulatedPlatform:
     """The host directory of EMULATION.md as a hypervisor."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        evtchn_fd: int | None = None,
+        ports: dict[int, int] | None = None,
+    ) -> None:
+        """``evtchn_fd`` and ``ports`` (local port -> domid): what a live
+        update hands over, the ``DIR/evtchn`` socket and the ports bound
+        before the exec (the guests keep kicking those numbers)."""
         self.directory = directory
         self.description = f"emulated hypervisor in {directory}"
         self._sock: socket.socket | None = None
+        self._inherited_fd = evtchn_fd
         self._next_port = 1
         self._virq_port = 0
         #: The domain of each bound port (for the ``port-N`` files).
-        self._domain_of: dict[int, int] = {}
+        self._domain_of: dict[int, int] = dict(ports or {})
         #: The port each domain was last given: bound again, it keeps it.
-        self._port_for: dict[int, int] = {}
+        self._port_for: dict[int, int] = {d: p for p, d in self._domain_of.items()}
+        if self._domain_of:
+            self._next_port = max(self._domain_of) + 1
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, name)
@@ -74,16 +86,33 @@ class EmulatedPlatform:
 
     def open(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
-        path = self._path("evtchn")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
+        if self._inherited_fd is not None:
+            # Bound at DIR/evtchn by the program we replace (this daemon or
+            # C under the peers' shim, which use the same conventions).
+            sock = socket.socket(fileno=self._inherited_fd)
+            sock.set_inheritable(False)
+            self._inherited_fd = None
+        else:
+            path = self._path("evtchn")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(path)
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._sock = sock
         self._virq_port = self._alloc_port()
         self._write_small("virq-port", f"{self._virq_port}\n")
+
+    def prepare_exec(self) -> int:
+        """Live update: the event-channel socket, kept open across exec."""
+        assert self._sock is not None, "not open"
+        self._sock.set_inheritable(True)
+        return self._sock.fileno()
+
+    def exec_failed(self) -> None:
+        if self._sock is not None:
+            self._sock.set_inheritable(False)
 
     def close(self) -> None:
         if self._sock is not None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pyxenstored.engine.connections import Connection
 from pyxenstored.engine.domains import DomainState
+from pyxenstored.errors import NoEntry
 from pyxenstored.server.rings import Quiesce, RingClient
 from pyxenstored.wire.ring import ConnectionState, Ring
 
@@ -88,6 +89,20 @@ class Platform(Protocol):
     def master_port(self) -> int | None:
         """The remote port of dom0's own ring, if this platform has one."""
 
+    def prepare_exec(self) -> int:
+        """Live update: make the event-channel fd survive exec; the fd.
+
+        Ports stay bound with it; what the new program must bind again
+        (the VIRQ) is released.
+        """
+
+    def exec_failed(self) -> None:
+        """Undo :meth:`prepare_exec`: the exec did not happen."""
+
+
+def _nothing() -> None:
+    pass
+
 
 class Guests:
     """The rings of the introduced domains: the engine's ``Hypervisor``."""
@@ -127,13 +142,21 @@ class Guests:
     def _readable(self) -> None:
         """Kicks arrived: serve the rings named, or look for dead domains."""
         kicked: dict[int, RingClient] = {}
-        virq = False
+        virq = unknown = False
         virq_port = self.platform.virq_port
         for port in self.platform.pending():
             if port == virq_port:
                 virq = True
             elif (client := self.by_port.get(port)) is not None:
                 kicked[port] = client
+            else:
+                unknown = True
+        if unknown:
+            # A port we do not know (C scans every ring on any event): after
+            # a live update under the peers' shim, whose port table does
+            # not survive exec as the kernel's does, guests kick ports it
+            # no longer names.
+            kicked = dict(self.by_port)
         for client in kicked.values():
             client.process()
         if virq:
@@ -195,6 +218,33 @@ class Guests:
         self.daemon.clients[conn.id] = client
         client.kick()
         asyncio.get_running_loop().call_soon(client.process)
+
+    def restore_ring(self, conn: Connection, port: int) -> RingClient:
+        """Serve a ring connection carried over by a live update.
+
+        The event channel is still bound (``port`` is the local end), so
+        only the page is mapped again.  A page that cannot be mapped (the
+        guest revoked its grant, or died meanwhile) leaves the connection
+        ignored, as C does, until the domain is found dead.
+        """
+        domid = conn.domid
+        try:
+            view, unmap = self.platform.map_ring(domid)
+        except (NoEntry, OSError) as error:
+            log.warning("dom%d: ring not restored: %s", domid, error)
+            ring: Ring | None = None
+            unmap = _nothing
+        else:
+            ring = Ring(view)
+        client = RingClient(
+            self.daemon, conn, ring, self.platform.notifier(domid, port), unmap
+        )
+        client.ignored = ring is None
+        self.by_port[port] = client
+        self.port_of[domid] = port
+        self._remote[domid] = -1
+        self.daemon.clients[conn.id] = client
+        return client
 
     def _client(self, conn: Connection) -> RingClient:
         client = self.daemon.clients.get(conn.id)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from collections.abc import Callable, Iterator
 
 from pyxenstored.engine.domains import DomainState
@@ -91,6 +92,27 @@ class XenPlatform:
         except BaseException:
             self.close()
             raise
+
+    def prepare_exec(self) -> int:
+        """Live update: the event-channel fd, kept open across exec.
+
+        VIRQ_DOM_EXC is unbound first, as C does (``domain_deinit``): the
+        new program binds it again, and a VIRQ can be bound only once.
+        The interdomain ports stay bound in the kernel with the fd.
+        """
+        evtchn = self._events()
+        if self._virq_port:
+            self._unbind_quietly(self._virq_port)
+            self._virq_port = 0
+        fd = evtchn.fileno()
+        os.set_inheritable(fd, True)
+        return fd
+
+    def exec_failed(self) -> None:
+        """The exec did not happen: serve on as before."""
+        evtchn = self._events()
+        os.set_inheritable(evtchn.fileno(), False)
+        self._virq_port = evtchn.bind_virq(VIRQ_DOM_EXC)
 
     def close(self) -> None:
         if self._evtchn is not None:

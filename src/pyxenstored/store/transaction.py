@@ -75,6 +75,8 @@ class Transaction:
         self.failed = False
         #: Re-created after a migration: can only end in EAGAIN (c.11).
         self.doomed = False
+        #: Engine clock time of TRANSACTION_START (live update waits on it).
+        self.started = 0.0
 
     # -- View -------------------------------------------------------------
 

@@ -128,7 +128,8 @@ class Store:
     for the path strings and the table (``docs/benchmarks.md``).
     """
 
-    def __init__(self, priv_domid: int = 0) -> None:
+    def __init__(self, priv_domid: int = 0, *, skeleton: bool = True) -> None:
+        """A store with C's initial tree, or (``skeleton=False``) the root only."""
         self.priv_domid = priv_domid
         none_priv: Perms = (Perm(Access.NONE, priv_domid),)
         #: The initial tree C creates (PROTOCOL.md 8.4) is set up below.
@@ -151,8 +152,9 @@ class Store:
             name: Node(b"", none_priv) for name in SPECIAL_NODES
         }
         self.created("/", self.root)
-        self.created("/tool", Node(b"", none_priv))
-        self.created("/tool/xenstored", Node(b"", none_priv))
+        if skeleton:
+            self.created("/tool", Node(b"", none_priv))
+            self.created("/tool/xenstored", Node(b"", none_priv))
 
     def __len__(self) -> int:
         """Nodes in the tree (every node has one owner)."""
@@ -314,6 +316,27 @@ class Store:
         self._count(new, 1)
         self._charge(old, -node.acct)
         self._charge(new, node.acct)
+
+    def restore_node(self, path: str, value: bytes, perms: Perms) -> bool:
+        """Put a node of a saved state in place (live update, ``--restore``).
+
+        Nodes come parents first: the root replaces the initial one (its
+        children stay), any other node is linked under its parent.  No
+        quota applies; the node is counted for its owner.  False if the
+        parent is missing or the node is already there.
+        """
+        if path == "/":
+            root = self.root
+            self.deleted(path, root)
+            root.value, root.perms = value, perms
+            self._add(path, root, None)
+            return True
+        parent = self.get(parent_of(path))
+        name = path[path.rfind("/") + 1 :]
+        if parent is None or name in parent.children:
+            return False
+        self._add(path, Node(value, perms), parent)
+        return True
 
     def owned(self, domid: int) -> int:
         return self.owner_counts.get(domid, 0)

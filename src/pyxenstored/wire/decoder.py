@@ -104,6 +104,10 @@ class PacketDecoder:
         del buf[:end]
         return Packet(op, req_id, tx_id, payload)
 
+    def peek(self) -> bytes:
+        """The bytes buffered, left in place (a live update saves them)."""
+        return bytes(self._buf)
+
     def clear(self) -> bytes:
         """Drop and return whatever partial input is buffered."""
         data = bytes(self._buf)
