@@ -362,6 +362,28 @@ def test_twice_in_a_row(py_daemon: RunningDaemon) -> None:
     assert py_daemon.alive()
 
 
+def test_a_domain_that_died_during_the_update_is_cleaned_up(
+    py_daemon: RunningDaemon,
+) -> None:
+    """The new program looks at which domains still live (C's check_domains)."""
+    host = HostDir(str(py_daemon.directory))
+    wrapper = py_daemon.directory / "kill-guest.sh"
+    wrapper.write_text(
+        f"#!/bin/sh\n: > {py_daemon.directory}/dying-{DOMID}\n"
+        f'exec {PYXENSTORED} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    with Client(str(py_daemon.socket)) as tool:
+        Toolstack(tool, host).create_domain(DOMID)
+        tool.watch("@releaseDomain", "rel")
+        tool.wait_watch(TIMEOUT)
+        done = live_update(py_daemon.env, wrapper)
+        assert done.returncode == 0, done.stderr
+        assert tool.wait_watch(TIMEOUT).path == "@releaseDomain"
+        assert not tool.is_domain_introduced(DOMID)
+        assert not tool.exists(f"{HOME}/data")  # the guest's own nodes went
+
+
 # -- refusals: an update that cannot happen changes nothing -----------------------
 
 
