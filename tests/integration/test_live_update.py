@@ -369,8 +369,7 @@ def test_a_domain_that_died_during_the_update_is_cleaned_up(
     host = HostDir(str(py_daemon.directory))
     wrapper = py_daemon.directory / "kill-guest.sh"
     wrapper.write_text(
-        f"#!/bin/sh\n: > {py_daemon.directory}/dying-{DOMID}\n"
-        f'exec {PYXENSTORED} "$@"\n'
+        f'#!/bin/sh\n: > {py_daemon.directory}/dying-{DOMID}\nexec {PYXENSTORED} "$@"\n'
     )
     wrapper.chmod(0o755)
     with Client(str(py_daemon.socket)) as tool:
@@ -382,6 +381,39 @@ def test_a_domain_that_died_during_the_update_is_cleaned_up(
         assert tool.wait_watch(TIMEOUT).path == "@releaseDomain"
         assert not tool.is_domain_introduced(DOMID)
         assert not tool.exists(f"{HOME}/data")  # the guest's own nodes went
+
+
+def test_forked_daemon_with_a_pid_file(short_tmp: Path) -> None:
+    """As Debian starts it: forked, with a pid file, which stays valid."""
+    pid_file = short_tmp / "xenstored.pid"
+    socket = short_tmp / "socket"
+    subprocess.run(
+        [str(PYXENSTORED), "--socket", str(socket), "--pid-file", str(pid_file)],
+        check=True,
+        timeout=30,
+    )
+    pid = int(pid_file.read_text())
+    env = {**os.environ, "XENSTORED_PATH": str(socket)}
+    try:
+        with Client(str(socket)) as client:
+            client.write("/f", b"1")
+            done = live_update(env, PYXENSTORED)
+            assert done.returncode == 0, done.stderr
+            assert client.read("/f") == b"1"
+        assert int(pid_file.read_text()) == pid
+        # the new program holds the pid file's lock: a second start does nothing
+        again = subprocess.run(
+            [str(PYXENSTORED), "--socket", str(socket), "--pid-file", str(pid_file)],
+            timeout=30,
+            check=False,
+        )
+        assert again.returncode == 0
+        assert int(pid_file.read_text()) == pid
+    finally:
+        os.kill(pid, 15)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 # -- refusals: an update that cannot happen changes nothing -----------------------

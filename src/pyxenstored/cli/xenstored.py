@@ -550,6 +550,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         print(f"pyxenstored: cannot open the log file: {error}", file=sys.stderr)
         return 1
+    if args.live_update and not args.no_fork and not config.log_file:
+        # The program we replace had forked and detached: stderr is
+        # /dev/null, and its log went to syslog.
+        _log_to_syslog()
     _warn_about_accepted_options(args)
     log.info("event loop: %s", "asyncio" if factory is None else "uvloop")
     reporter = startup.Reporter(None)

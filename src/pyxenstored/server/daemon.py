@@ -270,6 +270,8 @@ class Daemon:
             io = ConnIO(conn)
             if isinstance(client, _SocketClient):
                 io.socket_fd = client.fileno()
+                if io.socket_fd < 0:
+                    continue  # closing: nothing to hand over
                 io.in_data = parked + client.decoder.peek()
                 io.out_data = b"".join(conn.out)
             elif isinstance(client, RingClient) and self.guests is not None:
