@@ -162,7 +162,48 @@ class Updater:
     # -- the update itself ------------------------------------------------------
 
     def _perform(self, lu: LiveUpdate) -> str:
-        """Write the state and exec the new program; the reason if not."""
+        """Write the state and exec the new program; the reason if not.
+
+        Whatever fails, and wherever (a bug of ours too), what was done is
+        undone: the descriptors are closed on exec again, the VIRQ bound
+        again, the state file removed.
+        """
+        daemon = self.daemon
+        path = self.state_path
+        stage = "Dump state error"
+        written = prepared = False
+        try:
+            data = self._state(lu)
+            stage = "Dump write error"
+            written = True
+            _write_file(path, data)
+            stage = "Error activating new binary"
+            argv = self._argv(lu)
+            log.info(
+                "live update: state saved (%d bytes); exec %s",
+                len(data),
+                " ".join(argv),
+            )
+            prepared = True
+            daemon.prepare_exec()
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os.execv(lu.binary, argv)
+            raise AssertionError("exec returned")  # pragma: no cover
+        except Exception as error:
+            if not isinstance(error, (OSError, ValueError)):
+                log.exception("live update: internal error")
+            if prepared:
+                daemon.exec_failed()
+            if written:
+                _remove(path)
+            if isinstance(error, OSError) and error.strerror:
+                where = error.filename or (path if written and not prepared else "")
+                return f"{stage}: {where + ': ' if where else ''}{error.strerror}"
+            return f"{stage}: {error}"
+
+    def _state(self, lu: LiveUpdate) -> bytes:
+        """The state stream, with the ``OK`` of the ``-s`` request queued."""
         daemon = self.daemon
         assert lu.request is not None
         ios = daemon.connection_io()
@@ -171,13 +212,9 @@ class Updater:
         for io in ios:
             if io.conn is lu.conn:
                 io.out_data += ok
+        evtchn_fd = -1 if daemon.guests is None else daemon.platform_or_fail().fileno()
         version, records = capture(
-            daemon.engine,
-            ios,
-            socket_fd=daemon.listening_fd(),
-            evtchn_fd=-1
-            if daemon.guests is None
-            else daemon.platform_or_fail().fileno(),
+            daemon.engine, ios, socket_fd=daemon.listening_fd(), evtchn_fd=evtchn_fd
         )
         if lu.version is not None:
             if lu.version < version:
@@ -193,37 +230,7 @@ class Updater:
                     for r in records
                 ]
             version = lu.version
-        try:
-            data = encode_state(records, version)
-        except ValueError as error:
-            return f"Dump state error: {error}"
-        path = self.state_path
-        try:
-            _write_file(path, data)
-        except OSError as error:
-            return f"Dump write error: {path}: {error.strerror}"
-        argv = self._argv(lu)
-        log.info(
-            "live update: state saved (%d bytes, %d records); exec %s",
-            len(data),
-            len(records),
-            " ".join(argv),
-        )
-        try:
-            daemon.prepare_exec()
-        except OSError as error:
-            daemon.exec_failed()
-            _remove(path)
-            return f"Error activating new binary: {error}"
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        try:
-            os.execv(lu.binary, argv)
-        except OSError as error:
-            daemon.exec_failed()
-            _remove(path)
-            return f"Error activating new binary: {lu.binary}: {error.strerror}"
-        raise AssertionError("unreachable: exec returned")  # pragma: no cover
+        return encode_state(records, version)
 
     def _argv(self, lu: LiveUpdate) -> list[str]:
         """C's rule: ``-c``'s words or our own arguments, then ``-U`` once."""

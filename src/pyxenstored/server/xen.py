@@ -112,7 +112,8 @@ class XenPlatform:
         """The exec did not happen: serve on as before."""
         evtchn = self._events()
         os.set_inheritable(evtchn.fileno(), False)
-        self._virq_port = evtchn.bind_virq(VIRQ_DOM_EXC)
+        if not self._virq_port:
+            self._virq_port = evtchn.bind_virq(VIRQ_DOM_EXC)
 
     def close(self) -> None:
         if self._evtchn is not None:
