@@ -18,6 +18,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -403,6 +404,8 @@ def _saved_state(config: Config) -> tuple[Engine, Restored | None] | None:
         return None
     stream = load_state(path)
     engine = Engine(config.engine)
+    # Restored transactions start their age now (a later update waits on it).
+    engine.clock = time.monotonic
     try:
         if config.live_update:
             restored = restore(engine, stream)

@@ -145,11 +145,12 @@ def capture(
     known = dict.fromkeys(
         [*domains.domids(), *engine.quotas.per_domain, *domains.featured_domids()]
     )
+    if domains.featured_domids():
+        version = 2
     for domid in known:
-        features = 0
-        if domains.has_features(domid):
-            features = int(domains.features(domid, DEFAULT_DOMAIN_FEATURES))
-            version = 2
+        # Version 2 carries each domain's word as it is (0 too, as C);
+        # version 1 has no place for it.
+        features = int(engine.domain_features(domid)) if version >= 2 else 0
         quotas: tuple[tuple[str, int], ...] = ()
         if domid in engine.quotas.per_domain:
             quotas = _quota_values(engine.quotas.per_domain[domid])
@@ -302,6 +303,7 @@ def _restore_watch(
 def _restore_transaction(engine: Engine, conn: Connection, tx_id: int) -> None:
     tx = Transaction(tx_id, engine.store, engine.quotas, conn.domid, conn.privileged)
     tx.doomed = True
+    tx.started = engine.clock()
     conn.transactions[tx_id] = tx
     conn.next_tx_id = max(conn.next_tx_id, (tx_id + 1) & 0xFFFFFFFF)
 
@@ -337,12 +339,13 @@ def _limits(current: Limits, values: Sequence[tuple[str, int]]) -> Limits:
 
 def _restore_domain(engine: Engine, record: DomainData, version: int) -> None:
     domid = record.domid
-    if version >= 2 and record.features:
-        engine.domains.set_features(domid, ServerFeature(record.features))
+    features = ServerFeature(record.features)
+    if version >= 2 and features != DEFAULT_DOMAIN_FEATURES:
+        # 0 too: a domain given no feature at all keeps none.
+        engine.domains.set_features(domid, features)
     if record.quotas:
-        defaults = engine.quotas.defaults
-        limits = _limits(defaults, record.quotas)
-        # C writes every domain's values; only those that differ from the
-        # defaults were set for the domain (an override).
-        if limits != defaults:
-            engine.quotas.per_domain[domid] = limits
+        # The domain's own values, as they were (C writes them for every
+        # domain: each of its domains has its own copy).
+        engine.quotas.per_domain[domid] = _limits(
+            engine.quotas.defaults, record.quotas
+        )
