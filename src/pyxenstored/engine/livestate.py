@@ -346,6 +346,4 @@ def _restore_domain(engine: Engine, record: DomainData, version: int) -> None:
     if record.quotas:
         # The domain's own values, as they were (C writes them for every
         # domain: each of its domains has its own copy).
-        engine.quotas.per_domain[domid] = _limits(
-            engine.quotas.defaults, record.quotas
-        )
+        engine.quotas.per_domain[domid] = _limits(engine.quotas.defaults, record.quotas)
