@@ -40,6 +40,10 @@ def xen_daemon(
 
 
 def test_the_daemon_runs_on_the_xen_libraries(xen_daemon: RunningDaemon) -> None:
+    # An answer means start-up is over (the socket accepts connections
+    # from the moment it listens, before the backend is opened).
+    with Client(str(xen_daemon.socket)) as dom0:
+        dom0.read("/")
     log = xen_daemon.log.read_text()
     assert "Xen (libxenevtchn, libxengnttab, libxenctrl)" in log
     # The shim's files: the VIRQ_DOM_EXC binding and dom0's own port.
@@ -62,6 +66,8 @@ def test_no_domain_init_skips_dom0s_ring(
     monkeypatch.setattr("tests.conftest.BACKEND", ["xen"])
     daemon = start(short_tmp, "-D")
     try:
+        with Client(str(daemon.socket)) as dom0:
+            dom0.read("/")  # start-up is over
         assert not (short_tmp / "port-0").exists()
     finally:
         assert daemon.stop() == 0
