@@ -1,15 +1,18 @@
-"""Start, watch and stop the three daemons under test.
+"""Start, watch and stop the three daemons under test, and the ceiling.
 
 * ``py``: pyxenstored, ``python -m pyxenstored.cli.xenstored -N --socket
   DIR/socket --host-dir DIR`` (this interpreter, so the editable install);
 * ``c``: Debian's C xenstored 4.17 under the peers' shim
   (``start-c-xenstored.sh``);
 * ``ox``: Debian's oxenstored 4.17 under the same shim
-  (``start-oxenstored.sh``).
+  (``start-oxenstored.sh``);
+* ``null``: the ceiling, ``python -m bench.nullserver --socket
+  DIR/socket`` (a do-nothing Python server on pyxenstored's event loop;
+  socket clients only, no rings).
 
 Each gets its own directory, which is also its host directory for
 emulated guests (EMULATION.md): the same :class:`~pyxenstored.sim.ring.
-GuestRing` reaches all three.
+GuestRing` reaches the three daemons under test.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "CEILING",
     "KINDS",
+    "MICRO_KINDS",
     "PY_EVENT_LOOP",
     "NAMES",
     "Daemon",
@@ -36,9 +41,20 @@ __all__ = [
     "start",
 ]
 
-#: The daemons, in the order tables list them.
+#: The daemons under test, in the order tables list them.
 KINDS = ("py", "c", "ox")
-NAMES = {"py": "pyxenstored", "c": "C xenstored", "ox": "oxenstored"}
+#: The do-nothing Python server (``bench/nullserver.py``): the small-tree
+#: tables' ceiling, on socket clients only.
+CEILING = "null"
+#: Everything the small-tree phase runs, the ceiling first.
+MICRO_KINDS = (CEILING, *KINDS)
+NAMES = {
+    "null": "null Python server",
+    "py": "pyxenstored",
+    "c": "C xenstored",
+    "ox": "oxenstored",
+}
+REPO = Path(__file__).resolve().parents[1]
 
 
 class DaemonDied(RuntimeError):
@@ -181,7 +197,7 @@ def _wait_for_socket(path: Path, daemon: Daemon) -> None:
     raise DaemonDied(f"{daemon.name} does not answer on {path}")
 
 
-#: ``pyxenstored --event-loop`` for the ``py`` daemon (``bench.run
+#: ``--event-loop`` for the ``py`` daemon and the null server (``bench.run
 #: --py-event-loop``).
 PY_EVENT_LOOP = ["auto"]
 
@@ -209,6 +225,26 @@ def start(kind: str, directory: Path) -> Daemon:
             ],
             stdin=subprocess.DEVNULL,
         )
+        daemon = Daemon(kind, directory, proc.pid, proc, log)
+        _wait_for_socket(sock, daemon)
+        return daemon
+    if kind == CEILING:
+        log = directory / "nullserver.log"
+        with open(log, "wb") as stderr:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.nullserver",
+                    "--socket",
+                    str(sock),
+                    "--event-loop",
+                    PY_EVENT_LOOP[0],
+                ],
+                stdin=subprocess.DEVNULL,
+                stderr=stderr,
+                cwd=REPO,
+            )
         daemon = Daemon(kind, directory, proc.pid, proc, log)
         _wait_for_socket(sock, daemon)
         return daemon

@@ -8,11 +8,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.daemons import KINDS, NAMES
+from bench.daemons import CEILING, KINDS, MICRO_KINDS, NAMES
 from bench.micro import CLIENT_COUNTS
 from bench.scale import LAT_TESTS
 
-__all__ = ["Results", "load", "plot", "tables"]
+__all__ = ["Results", "header", "load", "plot", "tables"]
 
 Record = dict[str, object]
 
@@ -40,7 +40,9 @@ LAT_TITLES = {
     "perms": "get_perms",
     "txn": "transaction (start, read, 2 writes, commit)",
 }
-COLORS = {"py": "tab:blue", "c": "tab:orange", "ox": "tab:green"}
+COLORS = {"null": "tab:gray", "py": "tab:blue", "c": "tab:orange", "ox": "tab:green"}
+#: The ratios' targets against the ceiling, from the performance issue.
+CEILING_TARGET = 0.9
 
 
 def _num(value: object) -> float | None:
@@ -72,15 +74,48 @@ class Results:
 
     def values(self, **match: object) -> list[float]:
         """The numeric ``field`` of every record matching ``match``."""
+        return list(self._by_rep(**match).values())
+
+    def _by_rep(self, **match: object) -> dict[tuple[object, int], float]:
+        """The numeric ``field`` of every record matching ``match``, by
+        (repetition, record number)."""
         field = str(match.pop("field"))
-        out = []
-        for r in self.records:
+        out = {}
+        for i, r in enumerate(self.records):
             if "error" in r or any(r.get(k) != v for k, v in match.items()):
                 continue
             value = _num(r.get(field))
             if value is not None:
-                out.append(value)
+                out[r.get("rep"), i] = value
         return out
+
+    def ratios(self, num: str, den: str, **match: object) -> list[float]:
+        """Daemon ``num``'s figure over daemon ``den``'s, one per repetition.
+
+        Both figures come from the same repetition (records matching
+        ``match``, each with its ``daemon``), so the ratios' spread is the
+        run's noise on the ratio itself.
+        """
+        sides = []
+        for kind in (num, den):
+            reps: dict[object, list[float]] = {}
+            for (rep, _), value in self._by_rep(**match, daemon=kind).items():
+                reps.setdefault(rep, []).append(value)
+            sides.append({rep: statistics.median(v) for rep, v in reps.items()})
+        top, bottom = sides
+        return [top[rep] / bottom[rep] for rep in top if bottom.get(rep)]
+
+    def ratio_cell(
+        self, num: str, den: str, **match: object
+    ) -> tuple[float | None, str]:
+        """The median ratio per repetition and a cell "median [min-max]"."""
+        vals = self.ratios(num, den, **match)
+        if not vals:
+            return None, "-"
+        med = statistics.median(vals)
+        if len(vals) == 1:
+            return med, f"{med:.2f}"
+        return med, f"{med:.2f} [{min(vals):.2f}-{max(vals):.2f}]"
 
     def median(self, **match: object) -> float | None:
         vals = self.values(**match)
@@ -157,31 +192,58 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}"
 
 
-def micro_table(res: Results, client: str) -> list[str]:
-    lines = [
-        f"**{CLIENT_TITLES[client]}**",
-        "",
-        "| load | pyxenstored | C xenstored | oxenstored | py / C |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for test, n, field, title, _ in MICRO_ROWS:
-        meds: dict[str, float | None] = {}
-        cells = []
-        for kind in KINDS:
-            med, text = res.cell(
-                phase="micro",
-                client=client,
-                daemon=kind,
-                test=test,
-                clients=n,
-                field=field,
-            )
-            meds[kind] = med
-            cells.append(text)
-        lines.append(
-            f"| {title} | {' | '.join(cells)} | {_ratio(meds['py'], meds['c'])} |"
+def _micro_kinds(res: Results, client: str) -> list[str]:
+    """The daemons in a client's tables: the three under test, and the
+    ceiling when it ran with that client."""
+    return [
+        kind
+        for kind in MICRO_KINDS
+        if kind != CEILING
+        or any(
+            r.get("client") == client and r.get("daemon") == kind for r in res.records
         )
+    ]
+
+
+def micro_table(res: Results, client: str, pinned: bool = False) -> list[str]:
+    kinds = _micro_kinds(res, client)
+    ratios = [k for k in (CEILING, "c") if k in kinds]
+    names = {CEILING: "null Python server (ceiling)"}
+    title = CLIENT_TITLES[client] + (" (pinned to one CPU)" if pinned else "")
+    lines = [
+        f"**{title}**",
+        "",
+        "| load | "
+        + " | ".join(names.get(k, NAMES[k]) for k in kinds)
+        + "".join(f" | py / {_SHORT[k]}" for k in ratios)
+        + " |",
+        "|---|" + "---:|" * (len(kinds) + len(ratios)),
+    ]
+    for test, n, field, row_title, _ in MICRO_ROWS:
+        if pinned and test not in PINNED_TESTS:
+            continue
+        match: dict[str, object] = {
+            "phase": "micro",
+            "client": client,
+            "test": test,
+            "clients": n,
+            "pinned": pinned,
+            "field": field,
+        }
+        cells = [res.cell(**match, daemon=kind)[1] for kind in kinds]
+        cells += [res.ratio_cell("py", k, **match)[1] for k in ratios]
+        lines.append(f"| {row_title} | {' | '.join(cells)} |")
     return lines
+
+
+_SHORT = {CEILING: "null", "py": "py", "c": "C", "ox": "ox"}
+#: The tests that ``--pin`` runs a second time, pinned.
+PINNED_TESTS = (
+    "seq_write_read",
+    "directory_1000",
+    "transaction_10_writes",
+    "watch_latency",
+)
 
 
 CPU_ROWS = [
@@ -194,43 +256,43 @@ CPU_ROWS = [
 
 
 def cpu_table(res: Results, clients: Sequence[str]) -> list[str]:
-    """The daemons' own CPU time per request, per client kind."""
-    head = " | ".join(f"{c}: py | {c}: C | {c}: ox | {c}: py / C" for c in clients)
-    lines = [
-        f"| load | {head} |",
-        "|---|" + "---:|" * (4 * len(clients)),
-    ]
+    """The daemons' own CPU time per request, per client kind (unpinned)."""
+    columns = [(c, _micro_kinds(res, c)) for c in clients]
+    head = []
+    for client, kinds in columns:
+        head += [f"{client}: {_SHORT[k]}" for k in kinds]
+        head += [f"{client}: py / {_SHORT[k]}" for k in (CEILING, "c") if k in kinds]
+    lines = [f"| load | {' | '.join(head)} |", "|---|" + "---:|" * len(head)]
     for test, n, title in CPU_ROWS:
         cells = []
-        for client in clients:
-            meds = {
-                kind: res.median(
-                    phase="micro",
-                    client=client,
-                    daemon=kind,
-                    test=test,
-                    clients=n,
-                    field="daemon_cpu_us_per_req",
-                )
-                for kind in KINDS
+        for client, kinds in columns:
+            match: dict[str, object] = {
+                "phase": "micro",
+                "client": client,
+                "test": test,
+                "clients": n,
+                "pinned": False,
+                "field": "daemon_cpu_us_per_req",
             }
-            cells += [_fmt(meds[k], 1) for k in KINDS]
-            cells.append(_ratio(meds["py"], meds["c"]))
+            meds = {kind: res.median(**match, daemon=kind) for kind in kinds}
+            cells += [_fmt(meds[k], 1) for k in kinds]
+            cells += [_ratio(meds["py"], meds[k]) for k in (CEILING, "c") if k in kinds]
         lines.append(f"| {title} | {' | '.join(cells)} |")
     return lines
 
 
 def split_table(res: Results, client: str) -> list[str]:
     """User and kernel parts of the daemons' CPU time per request."""
+    kinds = _micro_kinds(res, client)
     lines = [
         "| load | "
-        + " | ".join(f"{NAMES[k]}: user | {NAMES[k]}: kernel" for k in KINDS)
+        + " | ".join(f"{NAMES[k]}: user | {NAMES[k]}: kernel" for k in kinds)
         + " |",
-        "|---|" + "---:|" * (2 * len(KINDS)),
+        "|---|" + "---:|" * (2 * len(kinds)),
     ]
     for test, n, title in CPU_ROWS:
         cells = []
-        for kind in KINDS:
+        for kind in kinds:
             for field in ("daemon_user_us_per_req", "daemon_sys_us_per_req"):
                 value = res.median(
                     phase="micro",
@@ -238,6 +300,7 @@ def split_table(res: Results, client: str) -> list[str]:
                     daemon=kind,
                     test=test,
                     clients=n,
+                    pinned=False,
                     field=field,
                 )
                 cells.append(_fmt(value, 1))
@@ -417,41 +480,54 @@ def targets_table(res: Results) -> list[str]:
     """The performance targets, each with the measured figure and a verdict."""
     rows: list[tuple[str, str, str]] = []
 
-    def micro(test: str, n: int, field: str, kind: str) -> float | None:
-        return res.median(
-            phase="micro",
-            client="libxenstore",
-            daemon=kind,
-            test=test,
-            clients=n,
-            field=field,
+    # The small-tree targets: libxenstore's unpinned figures; a ratio is
+    # the median over repetitions of the ratio within each [min-max].
+    match: dict[str, object] = {
+        "phase": "micro",
+        "client": "libxenstore",
+        "pinned": False,
+    }
+
+    def against(
+        test: str, n: int, field: str, title: str, den: str, target: float
+    ) -> None:
+        m = {**match, "test": test, "clients": n, "field": field}
+        py, other = res.median(**m, daemon="py"), res.median(**m, daemon=den)
+        ratio, cell = res.ratio_cell("py", den, **m)
+        name = f"{title}: py/{_SHORT[den]} >= {target}"
+        if py is None or other is None or ratio is None:
+            rows.append((name, "-", "not measured"))
+            return
+        rows.append(
+            (
+                name,
+                f"{cell} ({py:,.0f} vs {other:,.0f})",
+                "met"
+                if ratio >= target
+                else f"not met ({(1 - ratio / target) * 100:.0f}% short)",
+            )
         )
 
-    for test, n, title in [
+    throughput = [
         ("seq_write_read", 1, "sequential write+read"),
         ("directory_1000", 1, "DIRECTORY (1,000 children)"),
         ("transaction_10_writes", 1, "transaction of 10 writes"),
         ("concurrent_write_read", 16, "16-client throughput"),
-    ]:
-        py, c = micro(test, n, "rate", "py"), micro(test, n, "rate", "c")
-        if py is None or c is None:
-            rows.append((f"{title}: py/C >= 1.0", "-", "not measured"))
-            continue
-        ratio = py / c
-        rows.append(
-            (
-                f"{title}: py/C >= 1.0",
-                f"{ratio:.2f} ({py:,.0f} vs {c:,.0f})",
-                "met" if ratio >= 1.0 else f"not met ({(1 - ratio) * 100:.0f}% short)",
-            )
-        )
-    py, c = (micro("watch_latency", 1, "lat_us_p50", k) for k in ("py", "c"))
-    if py is not None and c is not None:
+    ]
+    for test, n, title in throughput:
+        if test != "directory_1000":
+            against(test, n, "rate", title, CEILING, CEILING_TARGET)
+    for test, n, title in throughput:
+        against(test, n, "rate", title, "c", 1.0)
+    m = {**match, "test": "watch_latency", "clients": 1, "field": "lat_us_p50"}
+    py, c = res.median(**m, daemon="py"), res.median(**m, daemon="c")
+    ratio, cell = res.ratio_cell("py", "c", **m)
+    if py is not None and c is not None and ratio is not None:
         rows.append(
             (
                 "watch latency p50 <= C's",
-                f"{py:.1f} us vs {c:.1f} us ({py / c:.2f}x)",
-                "met" if py <= c else f"not met ({(py / c - 1) * 100:.0f}% slower)",
+                f"{py:.1f} us vs {c:.1f} us ({cell}x)",
+                "met" if ratio <= 1 else f"not met ({(ratio - 1) * 100:.0f}% slower)",
             )
         )
     targets = res.targets()
@@ -519,27 +595,82 @@ def targets_table(res: Results) -> list[str]:
     return lines
 
 
+def header(res: Results) -> list[str]:
+    """The run and the machine it ran on, from the first and last records."""
+    first = next((r for r in res.records if r.get("test") == "machine"), None)
+    if first is None:
+        return []
+    last = next((r for r in reversed(res.records) if r.get("test") == "end"), {})
+    pin = first.get("pin_cpu")
+    pinning = (
+        "all figures unpinned (the daemon and its clients go wherever the "
+        "scheduler puts them)"
+        + (
+            f"; the pinned single-client figures (daemon and client on CPU "
+            f"{pin}) follow the headline tables"
+            if isinstance(pin, int)
+            else ""
+        )
+    )
+    return [
+        f"pyxenstored benchmark, {first.get('started', '?')}: "
+        f"{first.get('reps', '?')} repetition(s) of {first.get('duration', '?')} s "
+        f"loads{' (quick)' if first.get('quick') else ''}, "
+        f"{last.get('seconds', '?')} s; source {first.get('source', '?')}; "
+        f"pyxenstored and the null server on {first.get('py_event_loop', '?')}",
+        "",
+        f"Machine: {first.get('cpu_model', '?')}, {first.get('nproc', '?')} CPUs "
+        f"(nproc), Linux {first.get('kernel', '?')}, Python "
+        f"{first.get('python', '?')}; load average (1, 5, 15 min) "
+        f"{first.get('loadavg', '?')} at the start, {last.get('loadavg', '?')} "
+        f"at the end; {pinning}.",
+        "",
+    ]
+
+
 def tables(res: Results) -> str:
-    """The whole report in markdown."""
-    out: list[str] = ["### Targets", "", *targets_table(res), ""]
+    """The whole report in markdown, the machine first."""
+    out: list[str] = [*header(res), "### Targets", "", *targets_table(res), ""]
+    micro_clients = [
+        client
+        for client in CLIENT_TITLES
+        if any(r.get("client") == client for r in res.records)
+    ]
     out += [
         "### Small tree: throughput and watch latency",
         "",
-        "Cells: median over repetitions [min-max]. py / C compares medians "
-        "(for throughput higher is better; for latencies lower is better).",
+        "Cells: median over repetitions [min-max], unpinned. The null Python "
+        "server (`bench/nullserver.py`, on the same event loop as pyxenstored, "
+        "socket clients only) is the ceiling: a dict, no permissions, no "
+        "transactions' isolation, the cheapest watches. py / null and py / C "
+        "are the ratio within each repetition, median [min-max] (for "
+        "throughput higher is better; for latencies lower is better).",
         "",
     ]
-    if any(r.get("pinned") for r in res.records if r.get("phase") == "micro"):
+    for client in micro_clients:
+        out += [*micro_table(res, client), ""]
+    pinned_clients = [
+        client
+        for client in micro_clients
+        if any(
+            r.get("client") == client
+            and r.get("pinned")
+            and r.get("test") in PINNED_TESTS
+            for r in res.records
+        )
+    ]
+    if pinned_clients:
         out += [
-            "The single-client loads (seq, DIRECTORY, transaction, watch) run "
-            "with the client and the daemon pinned to one CPU, which makes "
-            "them repeatable; the concurrent loads run unpinned on both CPUs "
-            "(so the 1-client row is the unpinned twin of seq).",
+            "### Small tree, pinned: the single-client loads again, the "
+            "daemon and the client on one CPU",
+            "",
+            "Less noisy than the figures above, and not what a host sees: "
+            "on this machine a request that crosses CPUs costs more than one "
+            "that does not, and whether it does is the scheduler's choice.",
             "",
         ]
-    for client in CLIENT_TITLES:
-        if any(r.get("client") == client for r in res.records):
-            out += [*micro_table(res, client), ""]
+        for client in pinned_clients:
+            out += [*micro_table(res, client, pinned=True), ""]
     cpu_clients = [
         c
         for c in ("libxenstore", "ring")
@@ -549,9 +680,10 @@ def tables(res: Results) -> str:
     ]
     if cpu_clients:
         out += [
-            "**The daemon's own CPU time per request** (microseconds, median; "
-            "from /proc/PID/task/*/schedstat around each load, so it does not "
-            "depend on the scheduling noise above; `ring` = guests on rings)",
+            "**The daemon's own CPU time per request** (unpinned loads; "
+            "microseconds, median; from /proc/PID/task/*/schedstat around each "
+            "load, so it does not depend on the scheduling noise above; "
+            "`null` = the null Python server, `ring` = guests on rings)",
             "",
             *cpu_table(res, cpu_clients),
             "",
@@ -602,7 +734,7 @@ def plot(res: Results, out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(clients), figsize=(5 * len(clients), 4.2))
         axes_list = list(axes) if len(clients) > 1 else [axes]
         for ax, client in zip(axes_list, clients, strict=True):
-            for kind in KINDS:
+            for kind in MICRO_KINDS:
                 xs, ys, lo, hi = [], [], [], []
                 for n in CLIENT_COUNTS:
                     vals = res.values(
@@ -627,7 +759,8 @@ def plot(res: Results, out_dir: Path) -> list[Path]:
                         marker="o",
                         capsize=3,
                         color=COLORS[kind],
-                        label=NAMES[kind],
+                        linestyle="--" if kind == CEILING else "-",
+                        label=NAMES[kind] + (" (ceiling)" if kind == CEILING else ""),
                     )
             ax.set_xscale("log", base=2)
             ax.set_xticks(list(CLIENT_COUNTS), [str(n) for n in CLIENT_COUNTS])

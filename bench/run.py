@@ -2,9 +2,15 @@
 
 Starts the three daemons, runs the same loads against each with the same
 clients, and prints markdown tables with each figure and the ratio
-pyxenstored / C.  Raw results are JSON lines in
+pyxenstored / C.  The small-tree tables have a ceiling beside them: a
+do-nothing Python server on pyxenstored's event loop
+(``bench/nullserver.py``), run with the same clients in the same run, and
+the ratio pyxenstored / that server.  Every figure is measured unpinned
+(``--pin`` adds pinned single-client figures after the headline ones).
+Raw results are JSON lines in
 ``/tmp/pyxenstored-bench/<time>/results.jsonl``, beside the tables
-(``report.md``), the plots and the daemons' logs.
+(``report.md``, which starts with the machine and its load), the plots
+and the daemons' logs.
 
 Phases (docs/benchmarks.md explains each load):
 
@@ -14,8 +20,9 @@ Phases (docs/benchmarks.md explains each load):
     concurrent clients, from three clients: libxenstore (the peers'
     ``xsbench``), pyxenstored's own blocking ``Client`` on the socket
     (``bench/pyclient.py``), and simulated guests on shared-memory rings
-    (the same client over ``GuestRing``).  Repeated ``--reps`` times,
-    interleaved across the daemons; tables give medians and min-max.
+    (the same client over ``GuestRing``).  The null server takes the two
+    socket clients only.  Repeated ``--reps`` times, interleaved across the
+    daemons; tables give medians and min-max, ratios per repetition.
 ``scale``
     A fresh daemon at a time, grown to 10, 1,000 and 10,000 domains of
     libxl's nodes: latency of single requests at each size, resident
@@ -24,7 +31,8 @@ Phases (docs/benchmarks.md explains each load):
 Usage::
 
     python -m bench.run [--quick] [--reps N] [--duration S] [--phases ...]
-                        [--out DIR] [--plots-dir DIR] [--report-only FILE]
+                        [--pin] [--out DIR] [--plots-dir DIR]
+                        [--report-only FILE]
 """
 
 from __future__ import annotations
@@ -47,7 +55,9 @@ from typing import TextIO
 
 from bench import report
 from bench.daemons import (
+    CEILING,
     KINDS,
+    MICRO_KINDS,
     NAMES,
     PY_EVENT_LOOP,
     Daemon,
@@ -62,6 +72,8 @@ __all__ = ["main"]
 
 Record = dict[str, object]
 CLIENTS = ("libxenstore", "pyxenstored", "ring")
+#: The clients the null server takes: it has no guest rings.
+SOCKET_CLIENTS = ("libxenstore", "pyxenstored")
 DEFAULT_OUT = Path("/tmp/pyxenstored-bench")
 
 
@@ -174,21 +186,25 @@ def run_micro(
 ) -> None:
     daemons: dict[str, Daemon] = {}
     try:
-        for kind in KINDS:
+        for kind in MICRO_KINDS:
             daemons[kind] = start(kind, out / f"micro-{kind}")
-            prepare_guests(daemons[kind])
-        _log(f"micro: 3 daemons up, {len(CLIENTS)} clients, {reps} repetitions")
+            if kind != CEILING:
+                prepare_guests(daemons[kind])
+        _log(
+            f"micro: {len(daemons)} daemons up, {len(CLIENTS)} clients, "
+            f"{reps} repetitions{', then pinned' if pin_cpu is not None else ''}"
+        )
         dead: set[str] = set()
         for rep in range(reps):
             for kind, daemon in daemons.items():
                 if kind in dead:
                     continue
-                for client in CLIENTS:
+                for client in SOCKET_CLIENTS if kind == CEILING else CLIENTS:
                     t0 = time.monotonic()
                     records = run_load(client, daemon, duration, rep, pin_cpu)
                     sink.add(records)
                     _log(
-                        f"  rep {rep + 1}/{reps} {NAMES[kind]:<12} / {client:<12}"
+                        f"  rep {rep + 1}/{reps} {NAMES[kind]:<18} / {client:<12}"
                         f" {time.monotonic() - t0:5.1f} s"
                     )
                     if not daemon.alive():
@@ -262,11 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the bench dependency group)",
     )
     p.add_argument(
-        "--no-pin",
+        "--pin",
         action="store_true",
-        help="do not put the daemon and a single client on one CPU (the "
-        "single-client loads and the latency of the scale phase)",
+        help="also run the single-client loads with the daemon and the client "
+        "on one CPU (tables after the unpinned ones), and measure the scale "
+        "phase's latencies that way",
     )
+    # Unpinned is the default now; kept so that older command lines work.
+    p.add_argument("--no-pin", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--out",
         type=Path,
@@ -305,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lat_secs=0.2,
         reps=args.scale_reps or (1 if quick else 5),
         watch_counts=[10, 10000],
-        pin_cpu=None if args.no_pin else (os.cpu_count() or 1) - 1,
+        pin_cpu=(os.cpu_count() or 1) - 1 if args.pin and not args.no_pin else None,
     )
     phases = set(args.phases.split(","))
 
@@ -377,16 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     res = report.Results(sink.records)
     text = report.tables(res)
-    m = sink.records[0]
-    header = (
-        f"pyxenstored benchmark, {m['started']}: {m['nproc']} cores, "
-        f"{m['cpu_model']}, Python {m['python']}, {reps} repetition(s) of "
-        f"{duration} s loads{' (quick)' if quick else ''}; load average "
-        f"{m['loadavg']} at the start, {_loadavg()} at the end; {elapsed:.0f} s; "
-        f"source {m['source']}; pyxenstored on {m['py_event_loop']}\n"
-    )
-    (out / "report.md").write_text(header + "\n" + text + "\n", encoding="utf-8")
-    print(header)
+    (out / "report.md").write_text(text + "\n", encoding="utf-8")
     print(text)
     for path in report.plot(res, args.plots_dir or out):
         _log(f"plot: {path}")
