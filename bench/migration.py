@@ -58,7 +58,9 @@ async def _fill(host: Host, nodes: int) -> int:
         return count
 
 
-def one_run(base: str, nodes: int, watches: int) -> tuple[MigrationReport, float, int]:
+def one_run(
+    base: str, nodes: int, watches: int, precopy: bool = False
+) -> tuple[MigrationReport, float, int]:
     # The guest owns most of its 1,000 nodes: lift its node quota.
     quota = ("-E", str(2 * nodes))
     with (
@@ -84,6 +86,7 @@ def one_run(base: str, nodes: int, watches: int) -> tuple[MigrationReport, float
                 ring,
                 destination_entries=backend_entries(DOMID),
                 verify=False,
+                precopy_first=precopy,
             )
         )
         time.sleep(0.3)
@@ -101,12 +104,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=1000)
     p.add_argument("--watches", type=int, default=100)
     p.add_argument("--json", metavar="FILE", help="append one JSON line per run")
+    p.add_argument(
+        "--precopy",
+        action="store_true",
+        help="copy the home subtree while the guest runs; the pause carries "
+        "only what changed (client.migration.precopy)",
+    )
     args = p.parse_args(argv)
     rows = []
     for run in range(args.runs):
         base = tempfile.mkdtemp(prefix="pyxs-mig-", dir="/tmp")
         try:
-            report, pause, in_home = one_run(base, args.nodes, args.watches)
+            report, pause, in_home = one_run(
+                base, args.nodes, args.watches, args.precopy
+            )
         finally:
             shutil.rmtree(base, ignore_errors=True)
         row = {
@@ -128,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"domain with {first['nodes']} nodes and {first['watches']} watches, "
         f"stream {first['stream_bytes']} bytes, {len(rows)} runs (median, min-max)"
+        + (", pre-copied while the guest runs" if args.precopy else "")
     )
     print("| measure | median | min | max |")
     print("|---|---:|---:|---:|")

@@ -41,10 +41,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyxenstored.client.aio import AsyncClient
-from pyxenstored.client.migration import restore_domain, save_domain
+from pyxenstored.client.migration import (
+    PreCopy,
+    apply_changes,
+    collect_changes,
+    precopy,
+    read_domain,
+    restore_domain,
+    save_domain,
+)
 from pyxenstored.client.sync import Client
 from pyxenstored.errors import NoEntry, TransactionConflict, XsError
 from pyxenstored.migration import (
+    NodeData,
     Record,
     RecordType,
     Stream,
@@ -1216,8 +1225,9 @@ def carries_on(work: GuestWorkload, steps: int = 30) -> None:
     wait_until(lambda: work.stats.requests >= start + steps, "the guest carries on")
 
 
+@pytest.mark.parametrize("precopy_first", [False, True], ids=["seed", "precopy"])
 def test_busy_guest_moves_without_losing_anything(
-    hosts: tuple[RunningDaemon, RunningDaemon],
+    hosts: tuple[RunningDaemon, RunningDaemon], precopy_first: bool
 ) -> None:
     a, b = hosts
     tokens = {token for _, token in guest_watches(DOMID)}
@@ -1232,7 +1242,12 @@ def test_busy_guest_moves_without_losing_anything(
             moved = time.monotonic()
             report = asyncio.run(
                 migrate_guest(
-                    src, dst, DOMID, ring, destination_entries=backend_entries(DOMID)
+                    src,
+                    dst,
+                    DOMID,
+                    ring,
+                    destination_entries=backend_entries(DOMID),
+                    precopy_first=precopy_first,
                 )
             )
             reports.append(report)
@@ -1265,8 +1280,9 @@ def test_busy_guest_moves_without_losing_anything(
     assert work.stats.transactions > 0
 
 
+@pytest.mark.parametrize("precopy_first", [False, True], ids=["seed", "precopy"])
 def test_failure_after_quiesce_resumes_on_the_source(
-    hosts: tuple[RunningDaemon, RunningDaemon],
+    hosts: tuple[RunningDaemon, RunningDaemon], precopy_first: bool
 ) -> None:
     a, b = hosts
     tokens = {token for _, token in guest_watches(DOMID)}
@@ -1275,7 +1291,12 @@ def test_failure_after_quiesce_resumes_on_the_source(
         carries_on(work)
         report = asyncio.run(
             migrate_guest(
-                sim_host(a, "A"), sim_host(b, "B"), DOMID, ring, fail_after_quiesce=True
+                sim_host(a, "A"),
+                sim_host(b, "B"),
+                DOMID,
+                ring,
+                fail_after_quiesce=True,
+                precopy_first=precopy_first,
             )
         )
         assert report.resumed_on_source
@@ -1292,3 +1313,76 @@ def test_failure_after_quiesce_resumes_on_the_source(
         work.client.close()
     assert not work.is_alive()
     assert work.stats.failures == []
+
+
+def test_precopy_carries_every_change_made_after_the_copy(
+    hosts: tuple[RunningDaemon, RunningDaemon],
+) -> None:
+    """What changes between the pre-copy and QUIESCE reaches the destination:
+    new nodes, new values and permissions, removed nodes, and a subtree
+    removed and built again with other children (whose lost children fire
+    no event of their own)."""
+    a, b = hosts
+    with dom0(a) as c:
+        Toolstack(c, hostdir(a)).create_domain(DOMID, "pre")
+        c.write(f"{HOME}/data/tree/old/leaf", b"1")
+        c.write(f"{HOME}/data/tree/keep", b"k")
+        c.write(f"{HOME}/data/gone", b"g")
+        c.write(f"{HOME}/data/perm", b"p")
+    hostdir(b).create_domain(DOMID)
+
+    async def run() -> tuple[list[NodeData], list[NodeData]]:
+        async with AsyncClient(str(a.socket)) as src, AsyncClient(str(b.socket)) as dst:
+            pre = await precopy(src, dst, DOMID)
+            assert "data/tree/old/leaf" in pre.copied
+            await src.rm(f"{HOME}/data/tree")
+            await src.write(f"{HOME}/data/tree/new", b"n")
+            await src.rm(f"{HOME}/data/gone")
+            await src.write(f"{HOME}/data/perm", b"p2")
+            await src.set_perms(f"{HOME}/data/perm", ["n0", f"r{DOMID}"])
+            await src.write(f"{HOME}/data/added/deep", b"d")
+            changes = await collect_changes(src, pre)
+            await apply_changes(dst, changes)
+            return await read_domain(src, DOMID), await read_domain(dst, DOMID)
+
+    saved, restored = asyncio.run(run())
+    assert sorted(saved, key=lambda n: n.path) == sorted(restored, key=lambda n: n.path)
+    paths = {n.path for n in restored}
+    assert "data/tree/new" in paths
+    assert "data/tree/old" not in paths
+    assert "data/gone" not in paths
+    with dom0(b) as c:
+        assert c.read(f"{HOME}/data/perm") == b"p2"
+        assert [str(p) for p in c.get_perms(f"{HOME}/data/perm")] == ["n0", f"r{DOMID}"]
+        # the watches were staged: the domain counts as restored
+        assert c.get_domain_watches(DOMID, 0)[1] == []
+
+
+def test_precopy_reads_no_transaction_a_busy_guest_would_defeat(
+    host_a: RunningDaemon, short_tmp: Path
+) -> None:
+    """The copy is read while the guest writes all over its home; a read
+    transaction would end in EAGAIN for as long as it does."""
+    b = start_host(short_tmp / "b")
+    try:
+        _, work = start_guest(host_a)
+        try:
+            carries_on(work)
+            hostdir(b).create_domain(DOMID)
+
+            async def run() -> PreCopy:
+                async with (
+                    AsyncClient(str(host_a.socket)) as src,
+                    AsyncClient(str(b.socket)) as dst,
+                ):
+                    return await asyncio.wait_for(precopy(src, dst, DOMID), 20)
+
+            pre = asyncio.run(run())
+            assert len(pre.copied) > 30
+            carries_on(work)
+        finally:
+            work.stop()
+            work.client.close()
+        assert work.stats.failures == []
+    finally:
+        assert b.stop() == 0

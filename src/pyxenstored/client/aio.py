@@ -257,6 +257,13 @@ class AsyncClient:
                 await self._events_changed.wait()
         return event
 
+    def received_events(self) -> list[WatchEvent]:
+        """The watch events received so far and not yet taken (no waiting)."""
+        events = []
+        while (event := self._protocol.next_event()) is not NEED_DATA:
+            events.append(event)
+        return events
+
     async def watch_events(
         self,
         timeout: float | None = None,  # noqa: ASYNC109 - same signature as Client

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass, field
 
 from pyxenstored.client.aio import AsyncClient
 from pyxenstored.client.commands import Request, encode_args, parse_perms, parse_strings
@@ -26,7 +27,18 @@ from pyxenstored.paths import domain_home
 from pyxenstored.perms import parse_perm
 from pyxenstored.wire.ops import Op
 
-__all__ = ["read_domain", "restore_domain", "resume_domain", "save_domain"]
+__all__ = [
+    "Changes",
+    "PreCopy",
+    "abandon_precopy",
+    "apply_changes",
+    "collect_changes",
+    "precopy",
+    "read_domain",
+    "restore_domain",
+    "resume_domain",
+    "save_domain",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +46,17 @@ log = logging.getLogger(__name__)
 #: Requests per pipelined write: small enough that the requests always fit
 #: the socket buffer while the daemon's replies wait to be read.
 _BATCH = 512
+#: Requests per pipelined write to a daemon serving a running guest (the
+#: pre-copy): the guest's requests wait behind each batch.
+_LIVE_BATCH = 64
 
 
 async def _pipeline(
-    client: AsyncClient, requests: list[Request], tx: int
+    client: AsyncClient, requests: list[Request], tx: int, batch: int = _BATCH
 ) -> list[bytes | XsError]:
     results: list[bytes | XsError] = []
-    for start in range(0, len(requests), _BATCH):
-        results += await client.pipeline(requests[start : start + _BATCH], tx)
+    for start in range(0, len(requests), batch):
+        results += await client.pipeline(requests[start : start + batch], tx)
     return results
 
 
@@ -52,9 +67,18 @@ def _ok(reply: bytes | XsError) -> bytes:
 
 
 async def _read_level(
-    client: AsyncClient, paths: list[str], tx: int
+    client: AsyncClient,
+    paths: list[str],
+    tx: int,
+    *,
+    skip_missing: bool = False,
+    batch: int = _BATCH,
 ) -> list[tuple[str, bytes, list[str], list[str]]]:
-    """Value, permissions and children of every path, pipelined."""
+    """Value, permissions and children of every path, pipelined.
+
+    ``skip_missing``: a node gone meanwhile is left out (pre-copy, where its
+    removal is carried later) instead of failing the read.
+    """
     requests = []
     for path in paths:
         arg = encode_args(path)
@@ -63,10 +87,14 @@ async def _read_level(
             Request(Op.GET_PERMS, arg),
             Request(Op.DIRECTORY, arg),
         ]
-    replies = await _pipeline(client, requests, tx)
+    replies = await _pipeline(client, requests, tx, batch)
     found = []
     for i, path in enumerate(paths):
         value, perms, listing = replies[3 * i : 3 * i + 3]
+        if skip_missing and any(
+            isinstance(r, NoEntry) for r in replies[3 * i : 3 * i + 3]
+        ):
+            continue
         if isinstance(listing, TooBig):
             # Over 4096 bytes of names: page with DIRECTORY_PART instead.
             children = await client.directory(path, tx)
@@ -217,13 +245,7 @@ async def restore_domain(
     async def write_nodes(tx: int) -> None:
         # One connection's requests are handled in order, so pipelining
         # WRITE then SET_PERMS per node (parents first) keeps that order.
-        requests = []
-        for node in data.nodes:
-            path = absolute(domid, node.path)
-            requests.append(Request(Op.WRITE, encode_args(path) + node.value))
-            requests.append(Request(Op.SET_PERMS, encode_args(path, *perms[node.path])))
-        for reply in await _pipeline(client, requests, tx):
-            _ok(reply)
+        await _write_nodes(client, domid, data.nodes, perms, tx)
 
     tx = await client.transaction_start()
     try:
@@ -266,3 +288,188 @@ async def resume_domain(
                 "EINVAL", f"give --gfn and --port: cannot read {home}/store ({error})"
             ) from None
     await client.introduce(domid, gfn, port)
+
+
+# -- pre-copy: the pause holds only what changed ------------------------------
+
+
+@dataclass(slots=True)
+class PreCopy:
+    """A domain's home subtree copied to the destination while it runs."""
+
+    domid: int
+    #: The token of the source watch that tracks what changes meanwhile.
+    token: str
+    #: Nodes copied, by relative path (to tell new nodes from known ones).
+    copied: set[str] = field(default_factory=set)
+
+
+async def precopy(src: AsyncClient, dst: AsyncClient, domid: int) -> PreCopy:
+    """Copy the home subtree to the destination while the guest runs.
+
+    An optional first phase of MIGRATION.md a.7, done by the toolstacks
+    with the protocol's ordinary requests (the daemons do nothing new), as
+    Xen copies a guest's memory while it runs: a watch on the home on the
+    source records every change from now on, the whole subtree is read
+    and written on the destination (nodes only: no watches, no
+    INTRODUCE).  :func:`collect_changes` then quiesces the domain and
+    :func:`apply_changes` carries only what changed, so the guest's pause
+    no longer grows with the size of its subtree.  Undo with
+    :func:`abandon_precopy`.
+    """
+    home = domain_home(domid)
+    token = f"pyxenstored-precopy-{domid}"
+    await src.watch(home, token)
+    # Not in a transaction: the guest keeps writing, and a transaction over
+    # its whole subtree would fail (EAGAIN) for as long as it does.  Nothing
+    # needs to be consistent here: whatever changes meanwhile fires the
+    # watch, and is read again once the domain is quiesced.
+    nodes: list[NodeData] = []
+    level = [home]
+    while level:
+        found = await _read_level(src, level, 0, skip_missing=True, batch=_LIVE_BATCH)
+        level = []
+        for path, value, acl, children in found:
+            nodes.append(NodeData(relative(domid, path), value, tuple(acl)))
+            level.extend(f"{path}/{name}" for name in children)
+    data = DomainData(domid, nodes, [])
+    perms = await _applicable_perms(dst, data)
+    await dst.transaction(lambda tx: _write_nodes(dst, domid, nodes, perms, tx))
+    return PreCopy(domid, token, {n.path for n in nodes})
+
+
+async def abandon_precopy(src: AsyncClient, dst: AsyncClient, pre: PreCopy) -> None:
+    """The migration is off: stop tracking, remove the copy."""
+    with contextlib.suppress(XsError):
+        await src.unwatch(domain_home(pre.domid), pre.token)
+    with contextlib.suppress(NoEntry):
+        await dst.rm(domain_home(pre.domid))
+
+
+@dataclass(slots=True)
+class Changes:
+    """What changed under a home since :func:`precopy`, and the watches."""
+
+    domid: int
+    #: Nodes to write, parents first (relative paths, as in DomainData).
+    nodes: list[NodeData]
+    #: Absolute paths to remove on the destination.
+    removed: list[str]
+    watches: list[WatchData]
+
+
+async def collect_changes(src: AsyncClient, pre: PreCopy) -> Changes:
+    """QUIESCE, then read what changed since :func:`precopy`, and the watches.
+
+    Every change under the home before QUIESCE answered fired the source
+    watch, and this connection received those events before the QUIESCE
+    reply: each changed path is read again (absent: it was removed).
+
+    Raises:
+        Busy: QUIESCE timed out (the domain stays quiesced).
+    """
+    domid = pre.domid
+    home = domain_home(domid)
+    await src.quiesce(domid)
+    dirty = {
+        event.path
+        for event in src.received_events()
+        if event.token == pre.token
+        and (event.path == home or event.path.startswith(home + "/"))
+    }
+    with contextlib.suppress(XsError):
+        await src.unwatch(home, pre.token)
+    ordered = sorted(dirty, key=lambda p: (p.count("/"), p))
+    changed = await _read_nodes(src, ordered)
+    present = {p for p, _, _, _ in changed}
+    removed = [p for p in ordered if p not in present]
+    # A node removed with its parent fires no event of its own: a changed
+    # node that no longer lists a child the copy has loses it there too.
+    copied = {absolute(domid, p) for p in pre.copied}
+    for path, _, _, children in changed:
+        listed = {f"{path}/{c}" for c in children}
+        removed += sorted(
+            c for c in copied if c.rpartition("/")[0] == path and c not in listed
+        )
+    nodes = [NodeData(relative(domid, p), v, tuple(ps)) for p, v, ps, _ in changed]
+    return Changes(domid, nodes, removed, await read_watches(src, domid))
+
+
+async def apply_changes(
+    dst: AsyncClient, changes: Changes, introduce: tuple[int, int] | None = None
+) -> None:
+    """Apply :func:`collect_changes` on the destination, as :func:`restore_domain`:
+    removals and writes in one transaction that commits after the watches
+    are staged; then INTRODUCE if ``introduce`` is ``(gfn, port)``."""
+    domid = changes.domid
+    perms = await _applicable_perms(
+        dst, DomainData(domid, changes.nodes, changes.watches)
+    )
+
+    async def apply(tx: int) -> None:
+        requests = [Request(Op.RM, encode_args(p)) for p in changes.removed]
+        for reply in await _pipeline(dst, requests, tx):
+            if not isinstance(reply, NoEntry):
+                _ok(reply)
+        await _write_nodes(dst, domid, changes.nodes, perms, tx)
+
+    tx = await dst.transaction_start()
+    try:
+        await apply(tx)
+        for batch in watch_batches(domid, changes.watches):
+            await dst.add_domain_watches(domid, [(w.path, w.token) for w in batch])
+    except BaseException:
+        with contextlib.suppress(XsError):
+            await dst.transaction_end(tx, commit=False)
+        raise
+    try:
+        await dst.transaction_end(tx, commit=True)
+    except TransactionConflict:
+        await dst.transaction(apply)
+    if introduce is not None:
+        await dst.introduce(domid, *introduce)
+
+
+async def _read_nodes(
+    client: AsyncClient, paths: list[str]
+) -> list[tuple[str, bytes, list[str], list[str]]]:
+    """Value, permissions and children of each path that exists, pipelined."""
+    requests = []
+    for path in paths:
+        arg = encode_args(path)
+        requests += [
+            Request(Op.READ, arg),
+            Request(Op.GET_PERMS, arg),
+            Request(Op.DIRECTORY, arg),
+        ]
+    replies = await _pipeline(client, requests, 0)
+    found = []
+    for i, path in enumerate(paths):
+        value, perms, listing = replies[3 * i : 3 * i + 3]
+        if any(isinstance(r, NoEntry) for r in (value, perms, listing)):
+            continue
+        if isinstance(listing, TooBig):
+            children = await client.directory(path)
+        else:
+            children = parse_strings(_ok(listing))
+        found.append(
+            (path, _ok(value), [str(p) for p in parse_perms(_ok(perms))], children)
+        )
+    return found
+
+
+async def _write_nodes(
+    client: AsyncClient,
+    domid: int,
+    nodes: list[NodeData],
+    perms: dict[str, tuple[str, ...]],
+    tx: int,
+) -> None:
+    """WRITE then SET_PERMS per node, parents first, pipelined in ``tx``."""
+    requests = []
+    for node in nodes:
+        path = absolute(domid, node.path)
+        requests.append(Request(Op.WRITE, encode_args(path) + node.value))
+        requests.append(Request(Op.SET_PERMS, encode_args(path, *perms[node.path])))
+    for reply in await _pipeline(client, requests, tx):
+        _ok(reply)

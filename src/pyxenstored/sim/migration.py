@@ -25,6 +25,11 @@ from dataclasses import dataclass, field
 
 from pyxenstored.client.aio import AsyncClient
 from pyxenstored.client.migration import (
+    PreCopy,
+    abandon_precopy,
+    apply_changes,
+    collect_changes,
+    precopy,
     read_domain,
     restore_domain,
     resume_domain,
@@ -112,6 +117,7 @@ async def migrate_guest(
     port: int = 1,
     destination_entries: Sequence[Entry] = (),
     verify: bool = True,
+    precopy_first: bool = False,
 ) -> MigrationReport:
     """Migrate domain ``domid`` (served to ``ring``) from one host to the other.
 
@@ -121,7 +127,24 @@ async def migrate_guest(
     With ``verify`` the restored home subtree is read back and compared
     with the saved one before INTRODUCE (``report.differences``); that
     read is part of the measured downtime, so benchmarks turn it off.
+
+    With ``precopy_first`` the home subtree is copied to the destination
+    while the guest runs (the domain exists there from then on, its page
+    still empty), and the pause carries only what changed meanwhile
+    (:func:`~pyxenstored.client.migration.precopy`).
     """
+    if precopy_first:
+        return await _migrate_precopy(
+            source,
+            destination,
+            domid,
+            ring,
+            fail_after_quiesce=fail_after_quiesce,
+            gfn=gfn,
+            port=port,
+            destination_entries=destination_entries,
+            verify=verify,
+        )
     report = MigrationReport()
     start = time.monotonic()
     async with AsyncClient(source.socket) as src:
@@ -166,4 +189,73 @@ async def migrate_guest(
     source.hostdir.kill_domain(domid, remove=True)
     async with AsyncClient(source.socket) as src:
         await src.rm(f"/local/domain/{domid}")
+    return report
+
+
+async def _migrate_precopy(
+    source: Host,
+    destination: Host,
+    domid: int,
+    ring: GuestRing,
+    *,
+    fail_after_quiesce: bool,
+    gfn: int,
+    port: int,
+    destination_entries: Sequence[Entry],
+    verify: bool,
+) -> MigrationReport:
+    """:func:`migrate_guest` with a pre-copy phase while the guest runs."""
+    report = MigrationReport()
+    home = f"/local/domain/{domid}"
+    async with (
+        AsyncClient(source.socket) as src,
+        AsyncClient(destination.socket) as dst,
+    ):
+        # The domain is built on the destination first (libxl does so before
+        # it copies memory): permissions naming it are honoured there.
+        destination.hostdir.create_domain(domid)
+        for path, value, perms in destination_entries:
+            await dst.write(path, value)
+            await dst.set_perms(path, perms)
+        pre: PreCopy = await precopy(src, dst, domid)
+        start = time.monotonic()
+        try:
+            changes = await collect_changes(src, pre)
+        except BaseException:
+            await abandon_precopy(src, dst, pre)
+            raise
+        report.save_seconds = time.monotonic() - start
+        report.watches = len(changes.watches)
+        if fail_after_quiesce:
+            await abandon_precopy(src, dst, pre)
+            destination.hostdir.kill_domain(domid, remove=True)
+            await resume_domain(src, domid, gfn, port)
+            report.resumed_on_source = True
+            report.downtime_seconds = time.monotonic() - start
+            return report
+        ring.pause()
+        try:
+            page = source.hostdir.read_page(domid)
+            report.pending_request_bytes, report.pending_reply_bytes = _page_backlog(
+                page
+            )
+            destination.hostdir.create_domain(domid, page=page)
+            restore_start = time.monotonic()
+            await apply_changes(dst, changes)
+            report.restore_seconds = time.monotonic() - restore_start
+            if verify:
+                saved = await read_domain(src, domid)
+                restored = await read_domain(dst, domid)
+                report.differences = _compare(saved, restored)
+            report.nodes = len(pre.copied)
+            await dst.write(f"{home}/store/port", str(port).encode())
+            await dst.write(f"{home}/store/ring-ref", str(gfn).encode())
+            ring.move(destination.directory)
+            await dst.introduce(domid, gfn, port)
+        finally:
+            ring.unpause()
+        report.downtime_seconds = time.monotonic() - start
+    source.hostdir.kill_domain(domid, remove=True)
+    async with AsyncClient(source.socket) as src:
+        await src.rm(home)
     return report
