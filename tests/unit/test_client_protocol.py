@@ -87,6 +87,14 @@ def test_replies_matched_by_req_id_in_any_order() -> None:
     assert proto.outstanding == 0
 
 
+def test_take_events_hands_over_every_queued_event_in_order() -> None:
+    proto = ClientProtocol()
+    proto.receive_data(event("/a", "1") + event("/b", "2"))
+    assert proto.take_events() == [WatchEvent("/a", "1"), WatchEvent("/b", "2")]
+    assert proto.take_events() == []
+    assert proto.next_event() is NEED_DATA
+
+
 def test_event_before_reply_is_queued_not_mistaken_for_it() -> None:
     # C sends the events a WRITE causes before the WRITE's OK.
     proto = ClientProtocol()

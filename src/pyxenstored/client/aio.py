@@ -259,10 +259,7 @@ class AsyncClient:
 
     def received_events(self) -> list[WatchEvent]:
         """The watch events received so far and not yet taken (no waiting)."""
-        events = []
-        while (event := self._protocol.next_event()) is not NEED_DATA:
-            events.append(event)
-        return events
+        return self._protocol.take_events()
 
     async def watch_events(
         self,

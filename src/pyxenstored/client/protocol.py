@@ -226,6 +226,12 @@ class ClientProtocol:
             return self._events.popleft()
         return NEED_DATA
 
+    def take_events(self) -> list[WatchEvent]:
+        """Every queued watch event, oldest first."""
+        events = list(self._events)
+        self._events.clear()
+        return events
+
     def forget(self, req_id: int) -> None:
         """Give up on a request: its reply is dropped, now or when it comes."""
         if self._replies.pop(req_id, None) is not None:

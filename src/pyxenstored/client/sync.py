@@ -204,6 +204,10 @@ class Client:
             self._receive(remaining)
         return event
 
+    def received_events(self) -> list[WatchEvent]:
+        """The watch events received so far and not yet taken (no waiting)."""
+        return self._protocol.take_events()
+
     def watch_events(self, timeout: float | None = None) -> Iterator[WatchEvent]:
         """Iterate over watch events; stop after ``timeout`` quiet seconds."""
         while True:

@@ -76,7 +76,8 @@ class Connection:
         """Hand every queued message to the shell."""
         out = self.out
         self.out = []
-        self.queued_events.clear()
+        if self.queued_events:
+            self.queued_events.clear()
         return out
 
     def queued_bytes(self) -> int:

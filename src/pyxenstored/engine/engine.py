@@ -308,13 +308,13 @@ class Engine:
             "domains": len(self.domains),
         }
 
-    def take_pending(self) -> list[Connection]:
+    def take_pending(self) -> Iterable[Connection]:
         """The connections with queued output, in the order they got it."""
-        if not self.pending:
-            return []
-        conns = list(self.pending.values())
-        self.pending.clear()
-        return conns
+        pending = self.pending
+        if not pending:
+            return ()
+        self.pending = {}
+        return pending.values()
 
     # -- dispatch ------------------------------------------------------------
 
@@ -333,7 +333,7 @@ class Engine:
         if self.live_update is not None and self._park(conn, packet):
             return
         store = self.store
-        store.begin()
+        store.journal = []  # Store.begin(), inline: this runs for every request
         tx = None
         try:
             entry = HANDLERS.get(packet.op)
@@ -368,9 +368,16 @@ class Engine:
                 tx.failed = True
             self.reply_error(conn, packet, InternalError.code)
             return
-        store.end()
+        store.journal = None  # Store.end()
         if payload is not None:
-            self.reply(conn, packet, payload)
+            if len(payload) > PAYLOAD_MAX:
+                self.reply_error(conn, packet, "E2BIG")
+                return
+            conn.out.append(
+                HEADER.pack(packet.op, packet.req_id, packet.tx_id, len(payload))
+                + payload
+            )
+            self.pending[conn.id] = conn
 
     # -- live update -----------------------------------------------------------
 
