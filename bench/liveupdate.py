@@ -12,12 +12,16 @@ must still get its watch event, and the node count must be intact.
         [--connections 100] [--kinds py,c] [--json FILE]
 
 Run unpinned, as users run daemons; the machine and its load are printed.
+The package's modules are byte-compiled first, as an installed package's
+are (pip compiles them; an editable install under
+``PYTHONDONTWRITEBYTECODE`` would compile every module at each start).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import json
 import os
 import platform
@@ -106,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--kinds", default="py,c")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
+    import pyxenstored
+
+    compileall.compile_dir(os.path.dirname(pyxenstored.__file__), quiet=1)
     sizes = [int(n) for n in args.nodes.split(",")]
     kinds = args.kinds.split(",")
     binaries = {"py": PYXENSTORED, "c": C_XENSTORED}

@@ -332,6 +332,18 @@ class RingSession:
         """
         if self.ignored or self.closed or self._busy:
             return
+        ring = self.ring
+        if (
+            ring is not None
+            and not self._queue
+            and not self._kick
+            and not self.decoder.partial
+            and self.quiesce is Quiesce.ACTIVE
+            and ring.quiet()
+        ):
+            # The common spurious wake-up: the guest signals after it reads
+            # a reply too (RING.md 4), and then there is nothing to do.
+            return
         self._busy = True
         try:
             self._pump()

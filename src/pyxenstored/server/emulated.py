@@ -132,13 +132,12 @@ class EmulatedPlatform:
     def pending(self) -> Iterator[int]:
         sock = self._sock
         assert sock is not None, "not open"
-        while True:
-            try:
-                data = sock.recv(64)
-            except BlockingIOError:
-                return
-            if len(data) == KICK.size:
-                yield KICK.unpack(data)[0]
+        try:
+            data = sock.recv(64)
+        except BlockingIOError:
+            return
+        if len(data) == KICK.size:
+            yield KICK.unpack(data)[0]
 
     # -- domains and rings ---------------------------------------------------
 

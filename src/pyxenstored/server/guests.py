@@ -62,7 +62,10 @@ class Platform(Protocol):
         """The local port of ``VIRQ_DOM_EXC`` (some domain changed state)."""
 
     def pending(self) -> Iterable[int]:
-        """The local ports kicked since the last call (may repeat)."""
+        """A kicked local port (none if there was none), as C reads one per
+        wake-up: the descriptor stays readable while more are pending, so
+        the loop calls again, and the usual wake-up (one kick) costs no
+        second read that finds nothing."""
 
     def domain_state(self, domid: int) -> DomainState: ...
 

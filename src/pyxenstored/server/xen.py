@@ -148,9 +148,10 @@ class XenPlatform:
         return self._virq_port
 
     def pending(self) -> Iterator[int]:
-        """Each pending port, unmasked as it is read (C's handle_event)."""
+        """A pending port, unmasked as it is read (C's handle_event)."""
         evtchn = self._events()
-        while (port := evtchn.pending()) is not None:
+        port = evtchn.pending()
+        if port is not None:
             evtchn.unmask(port)
             yield port
 

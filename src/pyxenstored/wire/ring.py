@@ -244,6 +244,15 @@ class Ring:
         """
         return self._produce(_RSP_CONS, _RSP_PROD, _RSP, data)
 
+    def quiet(self) -> bool:
+        """No request byte and no reconnection asked: nothing for the server.
+
+        One look at two indices and a field, no checks (a corrupt pair of
+        request indices is not equal, so it is found by the full reading).
+        """
+        w = self._words
+        return w[_REQ_PROD] == w[_REQ_CONS] and w[_CONNECTION] == 0
+
     def requests_pending(self) -> int:
         return (self._get(_REQ_PROD) - self._get(_REQ_CONS)) & _U32
 
