@@ -532,8 +532,19 @@ def test_abort_answers_and_runs_the_parked_request(py_daemon: RunningDaemon) -> 
     assert py_daemon.alive()
 
 
-def test_corrupt_state_is_refused_on_start(short_tmp: Path) -> None:
-    (short_tmp / "state_dump").write_bytes(b"xenstore\0\0\0\x01\0\0\0\0garbage")
+@pytest.mark.parametrize(
+    ("state", "why"),
+    [
+        (b"xenstore\0\0\0\x01\0\0\0\0garbage", "bad xenstore state stream: at byte"),
+        (None, "cannot read the saved state"),
+    ],
+    ids=["corrupt", "missing"],
+)
+def test_a_state_it_cannot_read_is_refused_on_start(
+    short_tmp: Path, state: bytes | None, why: str
+) -> None:
+    if state is not None:
+        (short_tmp / "state_dump").write_bytes(state)
     out = subprocess.run(
         [
             sys.executable,
@@ -550,30 +561,10 @@ def test_corrupt_state_is_refused_on_start(short_tmp: Path) -> None:
         env={**os.environ, "XENSTORED_RUNDIR": str(short_tmp)},
     )
     assert out.returncode == 1
-    assert "bad xenstore state stream: at byte" in out.stderr
+    assert why in out.stderr
     # one line says why (the log lines before it are INFO)
     assert out.stderr.strip().splitlines()[-1].startswith("pyxenstored: ")
     assert not (short_tmp / "socket").exists()
-
-
-def test_missing_state_is_refused_on_start(short_tmp: Path) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pyxenstored.cli.xenstored",
-            "-N",
-            "-U",
-            "--socket",
-            str(short_tmp / "socket"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "XENSTORED_RUNDIR": str(short_tmp)},
-    )
-    assert out.returncode == 1
-    assert "cannot read the saved state" in out.stderr
 
 
 def test_update_into_a_program_that_finds_the_state_corrupt(short_tmp: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from pyxenstored.client.aio import AsyncClient
@@ -247,10 +248,26 @@ async def restore_domain(
         # WRITE then SET_PERMS per node (parents first) keeps that order.
         await _write_nodes(client, domid, data.nodes, perms, tx)
 
+    await _apply_with_watches(client, domid, write_nodes, data.watches, introduce)
+
+
+async def _apply_with_watches(
+    client: AsyncClient,
+    domid: int,
+    apply: Callable[[int], Awaitable[None]],
+    watches: list[WatchData],
+    introduce: tuple[int, int] | None,
+) -> None:
+    """``apply`` in a transaction that commits once the watches are staged.
+
+    If a request fails, nothing ``apply`` did is kept.  On a conflict (dom0
+    wrote under the home meanwhile) the watches are staged already, so
+    only ``apply`` runs again.  Then INTRODUCE if asked.
+    """
     tx = await client.transaction_start()
     try:
-        await write_nodes(tx)
-        for batch in watch_batches(domid, data.watches):
+        await apply(tx)
+        for batch in watch_batches(domid, watches):
             await client.add_domain_watches(domid, [(w.path, w.token) for w in batch])
     except BaseException:
         with contextlib.suppress(XsError):
@@ -259,9 +276,7 @@ async def restore_domain(
     try:
         await client.transaction_end(tx, commit=True)
     except TransactionConflict:
-        # Someone wrote under the home meanwhile; the watches are staged
-        # already, so only the nodes are written again.
-        await client.transaction(write_nodes)
+        await client.transaction(apply)
     if introduce is not None:
         await client.introduce(domid, *introduce)
 
@@ -413,21 +428,7 @@ async def apply_changes(
                 _ok(reply)
         await _write_nodes(dst, domid, changes.nodes, perms, tx)
 
-    tx = await dst.transaction_start()
-    try:
-        await apply(tx)
-        for batch in watch_batches(domid, changes.watches):
-            await dst.add_domain_watches(domid, [(w.path, w.token) for w in batch])
-    except BaseException:
-        with contextlib.suppress(XsError):
-            await dst.transaction_end(tx, commit=False)
-        raise
-    try:
-        await dst.transaction_end(tx, commit=True)
-    except TransactionConflict:
-        await dst.transaction(apply)
-    if introduce is not None:
-        await dst.introduce(domid, *introduce)
+    await _apply_with_watches(dst, domid, apply, changes.watches, introduce)
 
 
 async def _read_nodes(

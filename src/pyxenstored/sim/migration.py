@@ -174,22 +174,37 @@ async def migrate_guest(
             if verify:
                 restored = await read_domain(dst, domid)
                 report.differences = _compare(data.nodes, restored)
-            home = f"/local/domain/{domid}"
-            await dst.write(f"{home}/store/port", str(port).encode())
-            await dst.write(f"{home}/store/ring-ref", str(gfn).encode())
-            # Re-point the event channel first, so the destination's first
-            # kick (it serves the waiting requests at once) reaches the guest.
-            ring.move(destination.directory)
-            await dst.introduce(domid, gfn, port)
+            await _introduce(dst, destination, domid, ring, gfn, port)
     finally:
         ring.unpause()
     report.downtime_seconds = time.monotonic() - start
-    # The source destroys the domain: xenstored removes what the guest
-    # owned, the toolstack what it wrote for the domain.
+    await _destroy_on_source(source, domid)
+    return report
+
+
+async def _introduce(
+    dst: AsyncClient,
+    destination: Host,
+    domid: int,
+    ring: GuestRing,
+    gfn: int,
+    port: int,
+) -> None:
+    """The destination's own keys, the event channel, INTRODUCE."""
+    home = f"/local/domain/{domid}"
+    await dst.write(f"{home}/store/port", str(port).encode())
+    await dst.write(f"{home}/store/ring-ref", str(gfn).encode())
+    # Re-point the event channel first, so the destination's first kick
+    # (it serves the waiting requests at once) reaches the guest.
+    ring.move(destination.directory)
+    await dst.introduce(domid, gfn, port)
+
+
+async def _destroy_on_source(source: Host, domid: int) -> None:
+    """xenstored removes what the guest owned, the toolstack what it wrote."""
     source.hostdir.kill_domain(domid, remove=True)
     async with AsyncClient(source.socket) as src:
         await src.rm(f"/local/domain/{domid}")
-    return report
 
 
 async def _migrate_precopy(
@@ -206,7 +221,6 @@ async def _migrate_precopy(
 ) -> MigrationReport:
     """:func:`migrate_guest` with a pre-copy phase while the guest runs."""
     report = MigrationReport()
-    home = f"/local/domain/{domid}"
     async with (
         AsyncClient(source.socket) as src,
         AsyncClient(destination.socket) as dst,
@@ -248,14 +262,9 @@ async def _migrate_precopy(
                 restored = await read_domain(dst, domid)
                 report.differences = _compare(saved, restored)
             report.nodes = len(pre.copied)
-            await dst.write(f"{home}/store/port", str(port).encode())
-            await dst.write(f"{home}/store/ring-ref", str(gfn).encode())
-            ring.move(destination.directory)
-            await dst.introduce(domid, gfn, port)
+            await _introduce(dst, destination, domid, ring, gfn, port)
         finally:
             ring.unpause()
         report.downtime_seconds = time.monotonic() - start
-    source.hostdir.kill_domain(domid, remove=True)
-    async with AsyncClient(source.socket) as src:
-        await src.rm(home)
+    await _destroy_on_source(source, domid)
     return report
