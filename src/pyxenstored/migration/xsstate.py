@@ -232,6 +232,8 @@ class _Layout:
         self.perm = struct.Struct(order + "BBH")  # letter, flags, domid
         self.quota = struct.Struct(order + "HH")  # n-dom-quota, n-glob-quota
         self.domain = struct.Struct(order + "HHI")  # domain-id, n-quota, features
+        #: Permission lists already parsed, by their bytes (bounded).
+        self.perm_lists: dict[bytes, tuple[Perm, ...]] = {}
 
     def values(self, count: int) -> struct.Struct:
         """``count`` u32 quota values."""
@@ -496,20 +498,21 @@ def _decode_node(body: bytes, at: int, lay: _Layout) -> NodeData:
     if access & ~_ACCESS_BITS:
         raise StateStreamError(at + 12, f"unknown node access bits {access:#x}")
     start = lay.node.size
-    if start + count * lay.perm.size > len(body):
+    end = start + count * lay.perm.size
+    if end > len(body):
         raise StateStreamError(
             at + 14, f"{count} permissions run past the end of the record"
         )
-    perms = []
-    for pos in range(start, start + count * lay.perm.size, lay.perm.size):
-        letter, flags, domid = lay.perm.unpack_from(body, pos)
-        access_of = _LETTERS.get(chr(letter))
-        if access_of is None:
-            raise StateStreamError(at + pos, f"unknown permission {chr(letter)!r}")
-        if flags & ~_PERM_STALE:
-            raise StateStreamError(at + pos + 1, f"unknown permission flags {flags:#x}")
-        perms.append(Perm(access_of, domid, bool(flags & _PERM_STALE)))
-    start += count * lay.perm.size
+    # Most nodes share a few permission lists: each distinct list of bytes
+    # is parsed once (then a node costs a dict lookup); lists are immutable,
+    # so they are kept across streams, up to _PERM_LISTS_KEPT of them.
+    raw = body[start:end]
+    perms = lay.perm_lists.get(raw)
+    if perms is None:
+        perms = _decode_perms(body, at, start, end, lay)
+        if len(lay.perm_lists) < _PERM_LISTS_KEPT:
+            lay.perm_lists[raw] = perms
+    start = end
     path, start = _string(body, start, path_len, at, at + 8, "node path")
     if start + value_len > len(body):
         raise StateStreamError(
@@ -519,7 +522,26 @@ def _decode_node(body: bytes, at: int, lay: _Layout) -> NodeData:
     if conn_id == 0 and not perms:
         raise StateStreamError(at + 14, f"committed node {path} has no permissions")
     value = body[start : start + value_len]
-    return NodeData(path, value, tuple(perms), conn_id, tx_id, access)
+    return NodeData(path, value, perms, conn_id, tx_id, access)
+
+
+#: Distinct permission lists remembered (bounded memory).
+_PERM_LISTS_KEPT = 4096
+
+
+def _decode_perms(
+    body: bytes, at: int, start: int, end: int, lay: _Layout
+) -> tuple[Perm, ...]:
+    perms = []
+    for pos in range(start, end, lay.perm.size):
+        letter, flags, domid = lay.perm.unpack_from(body, pos)
+        access_of = _LETTERS.get(chr(letter))
+        if access_of is None:
+            raise StateStreamError(at + pos, f"unknown permission {chr(letter)!r}")
+        if flags & ~_PERM_STALE:
+            raise StateStreamError(at + pos + 1, f"unknown permission flags {flags:#x}")
+        perms.append(Perm(access_of, domid, bool(flags & _PERM_STALE)))
+    return tuple(perms)
 
 
 def _decode_quotas(
