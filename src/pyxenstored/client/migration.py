@@ -114,18 +114,29 @@ async def read_domain(client: AsyncClient, domid: int) -> list[NodeData]:
     consistent picture even if dom0 writes under the home meanwhile.
     """
 
-    async def walk(tx: int) -> list[NodeData]:
-        nodes: list[NodeData] = []
-        level = [domain_home(domid)]
-        while level:
-            found = await _read_level(client, level, tx)
-            level = []
-            for path, value, perms, children in found:
-                nodes.append(NodeData(relative(domid, path), value, tuple(perms)))
-                level.extend(f"{path}/{name}" for name in children)
-        return nodes
+    return await client.transaction(lambda tx: _walk(client, domid, tx))
 
-    return await client.transaction(walk)
+
+async def _walk(
+    client: AsyncClient,
+    domid: int,
+    tx: int,
+    *,
+    skip_missing: bool = False,
+    batch: int = _BATCH,
+) -> list[NodeData]:
+    """The home subtree level by level, parents first (see :func:`_read_level`)."""
+    nodes: list[NodeData] = []
+    level = [domain_home(domid)]
+    while level:
+        found = await _read_level(
+            client, level, tx, skip_missing=skip_missing, batch=batch
+        )
+        level = []
+        for path, value, perms, children in found:
+            nodes.append(NodeData(relative(domid, path), value, tuple(perms)))
+            level.extend(f"{path}/{name}" for name in children)
+    return nodes
 
 
 async def read_watches(client: AsyncClient, domid: int) -> list[WatchData]:
@@ -339,14 +350,7 @@ async def precopy(src: AsyncClient, dst: AsyncClient, domid: int) -> PreCopy:
     # its whole subtree would fail (EAGAIN) for as long as it does.  Nothing
     # needs to be consistent here: whatever changes meanwhile fires the
     # watch, and is read again once the domain is quiesced.
-    nodes: list[NodeData] = []
-    level = [home]
-    while level:
-        found = await _read_level(src, level, 0, skip_missing=True, batch=_LIVE_BATCH)
-        level = []
-        for path, value, acl, children in found:
-            nodes.append(NodeData(relative(domid, path), value, tuple(acl)))
-            level.extend(f"{path}/{name}" for name in children)
+    nodes = await _walk(src, domid, 0, skip_missing=True, batch=_LIVE_BATCH)
     data = DomainData(domid, nodes, [])
     perms = await _applicable_perms(dst, data)
     await dst.transaction(lambda tx: _write_nodes(dst, domid, nodes, perms, tx))
@@ -395,7 +399,7 @@ async def collect_changes(src: AsyncClient, pre: PreCopy) -> Changes:
     with contextlib.suppress(XsError):
         await src.unwatch(home, pre.token)
     ordered = sorted(dirty, key=lambda p: (p.count("/"), p))
-    changed = await _read_nodes(src, ordered)
+    changed = await _read_level(src, ordered, 0, skip_missing=True)
     present = {p for p, _, _, _ in changed}
     removed = [p for p in ordered if p not in present]
     # A node removed with its parent fires no event of its own: a changed
@@ -429,34 +433,6 @@ async def apply_changes(
         await _write_nodes(dst, domid, changes.nodes, perms, tx)
 
     await _apply_with_watches(dst, domid, apply, changes.watches, introduce)
-
-
-async def _read_nodes(
-    client: AsyncClient, paths: list[str]
-) -> list[tuple[str, bytes, list[str], list[str]]]:
-    """Value, permissions and children of each path that exists, pipelined."""
-    requests = []
-    for path in paths:
-        arg = encode_args(path)
-        requests += [
-            Request(Op.READ, arg),
-            Request(Op.GET_PERMS, arg),
-            Request(Op.DIRECTORY, arg),
-        ]
-    replies = await _pipeline(client, requests, 0)
-    found = []
-    for i, path in enumerate(paths):
-        value, perms, listing = replies[3 * i : 3 * i + 3]
-        if any(isinstance(r, NoEntry) for r in (value, perms, listing)):
-            continue
-        if isinstance(listing, TooBig):
-            children = await client.directory(path)
-        else:
-            children = parse_strings(_ok(listing))
-        found.append(
-            (path, _ok(value), [str(p) for p in parse_perms(_ok(perms))], children)
-        )
-    return found
 
 
 async def _write_nodes(

@@ -92,7 +92,9 @@ def _arguments(args: list[str], count: int, usage: str) -> None:
 
 
 def _help(engine: Engine, args: list[str]) -> str:
-    lines = [f"{name:<12} {usage}" for name, (_, usage) in COMMANDS.items()]
+    usages = {name: usage for name, (_, usage) in COMMANDS.items()}
+    usages["live-update"] = LIVE_UPDATE_USAGE
+    lines = [f"{name:<12} {usages[name]}" for name in sorted(usages)]
     lines.append(
         f"seed-migration QUIESCE={int(Op.QUIESCE)} "
         f"ADD_DOMAIN_WATCHES={int(Op.ADD_DOMAIN_WATCHES)} "
@@ -175,12 +177,6 @@ def _memreport(engine: Engine, args: list[str]) -> str:
     return "OK"
 
 
-def _live_update_usage(engine: Engine, args: list[str]) -> str:
-    # Only listed here: do_control hands the sub-commands to liveupdate.py,
-    # which needs the connection and the request.
-    raise InvalidArgument("live-update")
-
-
 def _number(text: str) -> int:
     """A quota value: a positive decimal number (C refuses below 1)."""
     if not text.isascii() or not text.isdigit() or int(text) < 1:
@@ -191,10 +187,6 @@ def _number(text: str) -> int:
 COMMANDS: dict[str, tuple[Command, str]] = {
     "check": (_check, "check the tree and every account against a recount"),
     "help": (_help, "this list"),
-    "live-update": (
-        _live_update_usage,
-        "[-c <cmdline>] [-F] [-t <timeout>] <file>: replace the daemon's program",
-    ),
     "log": (_log, "on|off: switch the request log"),
     "logfile": (_logfile, "reopen the log file"),
     "memreport": (_memreport, "[<file>]: append the memory report to it or the trace"),
@@ -204,14 +196,21 @@ COMMANDS: dict[str, tuple[Command, str]] = {
 }
 
 
+#: ``help``'s line for ``live-update`` (liveupdate.py), as xenstore-control's.
+LIVE_UPDATE_USAGE = (
+    "[-c <cmdline>] [-F] [-t <timeout>] <file>: replace the daemon's program"
+)
+
+
 def do_control(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes | None:
     args = split_args(packet.payload)
-    if not args or args[0] not in COMMANDS:
-        raise InvalidArgument("unknown control command")
-    if args[0] == "live-update":
+    if args and args[0] == "live-update":
+        # Apart from COMMANDS: it needs the connection and the request.
         answer = control_live_update(engine, conn, packet, args[1:])
         return None if answer is None else answer.encode() + b"\0"
+    if not args or args[0] not in COMMANDS:
+        raise InvalidArgument("unknown control command")
     command, _ = COMMANDS[args[0]]
     return command(engine, args[1:]).encode() + b"\0"

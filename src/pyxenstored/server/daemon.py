@@ -300,17 +300,18 @@ class Daemon:
             ios.append(io)
         return ios
 
-    def update_blockers(self) -> list[str]:
-        """Why the state cannot be saved right now (empty: it can)."""
-        blockers = []
+    def update_blockers(self) -> tuple[list[str], list[str]]:
+        """Why the state cannot be saved right now: sockets with output not
+        yet sent (``-F`` may lose it), and quiesced domains (never forced)."""
+        unsent, quiesced = [], []
         for client in self.clients.values():
             if isinstance(client, _SocketClient) and client.unsent():
-                blockers.append(f"{client.name}: {client.unsent()} bytes not sent")
+                unsent.append(f"{client.name}: {client.unsent()} bytes not sent")
             elif (
                 isinstance(client, RingClient) and client.quiesce is not Quiesce.ACTIVE
             ):
-                blockers.append(f"Domain {client.conn.domid}: quiesced for migration")
-        return blockers
+                quiesced.append(f"Domain {client.conn.domid}: quiesced for migration")
+        return unsent, quiesced
 
     def listening_fd(self) -> int:
         if self._server is None or not self._server.sockets:

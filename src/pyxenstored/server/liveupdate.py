@@ -141,16 +141,16 @@ class Updater:
     def _shell_verdict(self, lu: LiveUpdate, now: float) -> tuple[Verdict, str]:
         """What only the shell knows: output still in socket buffers, rings
         in the middle of a migration (QUIESCE)."""
-        blockers = self.daemon.update_blockers()
-        if not blockers:
+        unsent, quiesced = self.daemon.update_blockers()
+        if not unsent and not quiesced:
             return Verdict.GO, ""
         assert lu.started_at is not None
         if now < lu.started_at + lu.timeout:
             return Verdict.WAIT, ""
-        if lu.force and not any(b.startswith("Domain") for b in blockers):
-            log.warning("live update forced: %s", "; ".join(blockers))
+        if lu.force and not quiesced:
+            log.warning("live update forced: %s", "; ".join(unsent))
             return Verdict.GO, ""
-        return Verdict.REJECT, "\n".join(["Update blocked by:", *blockers])
+        return Verdict.REJECT, "\n".join(["Update blocked by:", *quiesced, *unsent])
 
     def _answer(self, lu: LiveUpdate, text: str) -> None:
         engine = self.daemon.engine

@@ -95,6 +95,15 @@ def _page_backlog(page: bytes) -> tuple[int, int]:
         ring.release()
 
 
+def _copy_page(
+    source: Host, destination: Host, domid: int, report: MigrationReport
+) -> None:
+    """The hypervisor copies the paused guest's ring page, backlog and all."""
+    page = source.hostdir.read_page(domid)
+    report.pending_request_bytes, report.pending_reply_bytes = _page_backlog(page)
+    destination.hostdir.create_domain(domid, page=page)
+
+
 def _compare(saved: list[NodeData], restored: list[NodeData]) -> list[str]:
     want = {n.path: n for n in saved}
     have = {n.path: n for n in restored}
@@ -158,9 +167,7 @@ async def migrate_guest(
             return report
     ring.pause()
     try:
-        page = source.hostdir.read_page(domid)
-        report.pending_request_bytes, report.pending_reply_bytes = _page_backlog(page)
-        destination.hostdir.create_domain(domid, page=page)
+        _copy_page(source, destination, domid, report)
         stream = encode_stream(Stream(items=[*data.records(), Record(RecordType.END)]))
         report.stream_bytes = len(stream)
         received = extract(decode_stream(stream), domid)
@@ -249,11 +256,7 @@ async def _migrate_precopy(
             return report
         ring.pause()
         try:
-            page = source.hostdir.read_page(domid)
-            report.pending_request_bytes, report.pending_reply_bytes = _page_backlog(
-                page
-            )
-            destination.hostdir.create_domain(domid, page=page)
+            _copy_page(source, destination, domid, report)
             restore_start = time.monotonic()
             await apply_changes(dst, changes)
             report.restore_seconds = time.monotonic() - restore_start
