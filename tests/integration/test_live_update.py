@@ -29,6 +29,7 @@ long enough for that.
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -477,6 +478,56 @@ def test_exec_fails(py_daemon: RunningDaemon, watched: Client) -> None:
     with Client(transport=GuestRing(str(py_daemon.directory), 7)) as guest:
         guest.write("/local/domain/7/data/x", b"1")
     assert watched.read("/local/domain/7/data/x") == b"1"
+
+
+def test_a_quiesced_domain_blocks_the_update_even_forced(
+    py_daemon: RunningDaemon, watched: Client
+) -> None:
+    Toolstack(watched, HostDir(str(py_daemon.directory))).create_domain(DOMID)
+    watched.quiesce(DOMID)
+    for force in ((), ("-F",)):
+        done = live_update(py_daemon.env, PYXENSTORED, *force, timeout=1)
+        assert done.returncode != 0
+        assert f"Domain {DOMID}: quiesced for migration" in done.stderr
+    _still_serving(py_daemon, watched)
+
+
+def test_a_client_not_reading_blocks_the_update_and_is_closed_when_forced(
+    py_daemon: RunningDaemon, watched: Client
+) -> None:
+    watched.write("/keep/big", b"x" * 3000)
+    assert watched.wait_watch(TIMEOUT).path == "/keep/big"
+    lazy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    lazy.connect(str(py_daemon.socket))
+    try:
+        # Replies pile up: more than the kernel takes, so asyncio holds some.
+        lazy.sendall(Raw(UnixTransport(lazy)).frame(Op.READ, "/keep/big")[1] * 400)
+        time.sleep(0.5)
+        done = live_update(py_daemon.env, PYXENSTORED, timeout=1)
+        assert done.returncode != 0
+        assert "bytes not sent" in done.stderr
+        _still_serving(py_daemon, watched)
+        done = live_update(py_daemon.env, PYXENSTORED, "-F", timeout=1)
+        assert done.returncode == 0, done.stderr
+        # Its connection was closed, not carried over with a message cut
+        # short: it reads replies (the last one possibly cut where the
+        # kernel's buffer ended), then the end of the stream.
+        lazy.settimeout(TIMEOUT)
+        received = b""
+        while chunk := lazy.recv(65536):
+            received += chunk
+        pos = replies = 0
+        while len(received) - pos >= HEADER.size:
+            op, _req, _tx, length = HEADER.unpack_from(received, pos)
+            assert op == Op.READ
+            pos += HEADER.size + length
+            replies += 1
+        assert 0 < replies < 400
+    finally:
+        lazy.close()
+    watched.write("/keep/b", b"after")
+    assert watched.wait_watch(TIMEOUT).path == "/keep/b"
 
 
 def test_open_transaction_refuses_then_forced(

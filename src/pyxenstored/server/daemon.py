@@ -111,6 +111,16 @@ class _SocketClient(asyncio.BufferedProtocol):
         sock = self.transport.get_extra_info("socket")
         return -1 if sock is None else int(sock.fileno())
 
+    def can_hand_over(self) -> bool:
+        """Whether a live update carries this connection over.
+
+        Not once closing, nor (a forced update) while the kernel has not
+        taken all its output: asyncio keeps those bytes out of reach, and
+        the rest of a message cut short would misframe the client's stream
+        for good, so the connection closes instead (the client sees EOF).
+        """
+        return self.fileno() >= 0 and not self.unsent()
+
     def unsent(self) -> int:
         """Bytes written to the transport and not yet to the socket."""
         if self.transport is None or self.transport.is_closing():
@@ -286,9 +296,9 @@ class Daemon:
             client = self.clients.get(conn.id)
             io = ConnIO(conn)
             if isinstance(client, _SocketClient):
+                if not client.can_hand_over():
+                    continue
                 io.socket_fd = client.fileno()
-                if io.socket_fd < 0:
-                    continue  # closing: nothing to hand over
                 io.in_data = parked + client.decoder.peek()
                 io.out_data = b"".join(conn.out)
             elif isinstance(client, RingClient) and self.guests is not None:
@@ -321,7 +331,9 @@ class Daemon:
     def _exec_fds(self) -> list[int]:
         fds = [self.listening_fd()]
         fds += [
-            c.fileno() for c in self.clients.values() if isinstance(c, _SocketClient)
+            c.fileno()
+            for c in self.clients.values()
+            if isinstance(c, _SocketClient) and c.can_hand_over()
         ]
         return [fd for fd in fds if fd >= 0]
 
