@@ -65,6 +65,26 @@ def _pairs(conn: Connection, engine: Engine, base: bytes) -> Callable[[int], int
     return run
 
 
+def _transactions(
+    conn: Connection, engine: Engine, base: bytes
+) -> Callable[[int], int]:
+    """xsbench's txn: start, 10 writes, commit (12 requests)."""
+    keys = [base + b"%d" % k for k in range(10)]
+
+    def run(n: int) -> int:
+        handle = engine.handle
+        for i in range(n // 12):
+            handle(conn, Packet(Op.TRANSACTION_START, 1, 0, b"\0"))
+            tx = int(conn.take_output()[-1][16:-1])
+            for key in keys:
+                handle(conn, Packet(Op.WRITE, 2, tx, key + b"\0v%08d" % i))
+            handle(conn, Packet(Op.TRANSACTION_END, 3, tx, b"T\0"))
+            conn.take_output()
+        return n // 12 * 12
+
+    return run
+
+
 def _same(conn: Connection, engine: Engine, packet: Packet) -> Callable[[int], int]:
     def run(n: int) -> int:
         handle = engine.handle
@@ -83,6 +103,7 @@ def loads(world: World) -> dict[str, Callable[[int], int]]:
         "guest seq write+read (relative paths, quotas)": _pairs(
             guest, engine, b"data/k"
         ),
+        "dom0 transaction of 10 writes": _transactions(dom0, engine, b"/bench/txn/k"),
         "dom0 read": _same(dom0, engine, Packet(Op.READ, 1, 0, b"/bench/dir/5\0")),
         "dom0 DIRECTORY of 1,000 children": _same(
             dom0, engine, Packet(Op.DIRECTORY, 1, 0, b"/bench/dir\0")

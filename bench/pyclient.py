@@ -16,6 +16,9 @@ clients side by side:
     connection sees the event (so it includes the write's round trip).
 ``conc``
     N processes (forked) each doing ``seq`` on their own keys.
+``conn``
+    (socket only; not in xsbench) open a connection, read one node,
+    close: what every ``xenstore-*`` command does.
 
 Two transports:
 
@@ -49,7 +52,7 @@ from pyxenstored.sim.ring import GuestRing
 
 __all__ = ["main"]
 
-TESTS = ("seq", "dir", "txn", "watch", "conc")
+TESTS = ("seq", "dir", "txn", "watch", "conc", "conn")
 
 
 class Bench:
@@ -122,6 +125,24 @@ class Bench:
         return i, time.monotonic() - t0
 
     # -- tests --
+
+    def test_conn(self) -> None:
+        if self.ring is not None:
+            return  # a guest has one ring for its lifetime
+        path = f"{self.base}/conn"
+        with self.dom0() as c:
+            c.write(path, b"v")
+        t0 = time.monotonic()
+        end = t0 + self.duration
+        i = 0
+        while i < self.max_iters:
+            if i % 16 == 0 and time.monotonic() >= end:
+                break
+            with Client(self.socket) as c:
+                if c.read(path) != b"v":
+                    raise RuntimeError(f"read mismatch at {path}")
+            i += 1
+        self.result("connection_open_close", 1, i, time.monotonic() - t0, "conns/s", 1)
 
     def test_seq(self) -> None:
         with self.guest(1) as c:
@@ -328,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dir": bench.test_dir,
         "txn": bench.test_txn,
         "watch": bench.test_watch,
+        "conn": bench.test_conn,
     }
     try:
         for test in tests:
