@@ -125,7 +125,7 @@ class Transaction:
         self._charge(node.perms[0].domid, charge - node.acct)
         node.acct = charge
 
-    def created(self, path: str, node: Node) -> None:
+    def created(self, path: str, node: Node, parent: Node | None) -> None:
         self.nodes[path] = node
         self.modified[path] = None
         owner = node.perms[0].domid

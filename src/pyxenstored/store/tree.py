@@ -91,7 +91,8 @@ class View(Protocol):
     def touched(self, path: str, node: Node) -> None:
         """``node`` (returned by :meth:`get`) was modified in place."""
 
-    def created(self, path: str, node: Node) -> None: ...
+    def created(self, path: str, node: Node, parent: Node | None) -> None:
+        """``node`` is new at ``path``, under ``parent`` (None for the root)."""
 
     def deleted(self, path: str, node: Node) -> None: ...
 
@@ -152,10 +153,11 @@ class Store:
         self.special: dict[str, Node] = {
             name: Node(b"", none_priv) for name in SPECIAL_NODES
         }
-        self.created("/", self.root)
+        self._add("/", self.root, None)
         if skeleton:
-            self.created("/tool", Node(b"", none_priv))
-            self.created("/tool/xenstored", Node(b"", none_priv))
+            tool = Node(b"", none_priv)
+            self._add("/tool", tool, self.root)
+            self._add("/tool/xenstored", Node(b"", none_priv), tool)
 
     def __len__(self) -> int:
         """Nodes in the tree (every node has one owner)."""
@@ -286,9 +288,9 @@ class Store:
         assert parent is not None, f"{path} has no parent"
         return parent
 
-    def created(self, path: str, node: Node) -> None:
+    def created(self, path: str, node: Node, parent: Node | None) -> None:
         """Link a new node under its parent, which must be in the tree."""
-        self._add(path, node, None if path == "/" else self._parent(path))
+        self._add(path, node, parent)
 
     def _add(self, path: str, node: Node, parent: Node | None) -> None:
         self._stamp(node)
@@ -603,8 +605,10 @@ def _create(
     for i in range(len(missing) - 1, 0, -1):
         child = missing[i - 1]
         name = sys.intern(child[child.rfind("/") + 1 :])
-        view.created(missing[i], Node(b"", perms, {name: None}))
-    view.created(path, Node(value, perms))
+        node = Node(b"", perms, {name: None})
+        view.created(missing[i], node, parent)
+        parent = node
+    view.created(path, Node(value, perms), parent)
     view.record(Change(path, False, (perms,)))
 
 
@@ -635,7 +639,10 @@ def rm(view: View, caller: Caller, path: str) -> None:
     parent = view.get(parent_path)
     if parent is None:
         raise InvalidArgument(f"{path}: the parent is gone in this transaction")
-    removed, complete = _subtree(view, path, node)
+    if node.children:
+        removed, complete = _subtree(view, path, node)
+    else:  # a leaf, the common case: no walk
+        removed, complete = [(path, node, None)], True
     for cpath, cnode, wparent in removed:
         # The events follow the removals: children before their parent,
         # descendants in exact mode, the root last in subtree mode (C 4.17
