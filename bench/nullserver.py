@@ -79,6 +79,10 @@ _ENOSYS = b"ENOSYS\0"
 _EINVAL = b"EINVAL\0"
 #: Bytes read from a client at a time (as pyxenstored).
 _READ_SIZE = 65536
+#: One read buffer for every client, as pyxenstored has: the loop reads one
+#: socket at a time and each read is copied out before the next, and a new
+#: connection then has no buffer to allocate and zero.
+_READ_VIEW = memoryview(bytearray(_READ_SIZE))
 #: Stop reading a client's requests while this much of its output waits.
 _PAUSE_AT = 256 * 1024
 
@@ -151,8 +155,7 @@ class _Client(asyncio.BufferedProtocol):
 
     def __init__(self, server: NullServer) -> None:
         self.server = server
-        self._buffer = bytearray(_READ_SIZE)
-        self._view = memoryview(self._buffer)
+        self._view = _READ_VIEW
         #: The start of a request cut by the end of a read.
         self._partial = b""
         #: Replies (and own events) of the read being handled.
