@@ -64,7 +64,7 @@ typecheck: $(STAMP)
 GUEST_TESTS := tests/integration/test_guest_kicks.py \
 	tests/integration/test_guest_differential.py \
 	tests/integration/test_hostile_rings.py tests/integration/test_migration.py \
-	tests/integration/test_many_guests.py tests/integration/test_security.py \
+	tests/integration/test_many_guests.py tests/integration/test_security_daemon.py \
 	tests/integration/test_cli_ring.py tests/integration/test_internal_errors.py \
 	tests/integration/test_live_update.py
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from pyxenstored.engine import Connection, Engine, EngineConfig
 from pyxenstored.perms import parse_perm
+from pyxenstored.sim.hypervisor import MemoryHypervisor
 from pyxenstored.sim.toolstack import domain_skeleton
 from pyxenstored.wire import Op, Packet
 
@@ -31,7 +32,7 @@ class World:
     """An engine with dom0, one guest (domain 1, libxl's tree) and a big node."""
 
     def __init__(self) -> None:
-        self.engine = Engine(EngineConfig(), domain_exists=lambda domid: True)
+        self.engine = Engine(EngineConfig(), hypervisor=MemoryHypervisor({0, 1}))
         self.dom0 = self.engine.connect_socket()
         for path, value, perms in domain_skeleton(1):
             self.ok(self.dom0, Op.WRITE, path.encode() + b"\0" + value)

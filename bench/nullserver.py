@@ -45,12 +45,14 @@ import asyncio
 import contextlib
 import os
 import signal
-import struct
 import sys
 from collections.abc import Callable, Sequence
 from typing import cast
 
+from pyxenstored.errors import InvalidArgument, NoEntry, NotSupported
 from pyxenstored.wire.ops import Op
+from pyxenstored.wire.packet import HEADER
+from pyxenstored.wire.payload import OK
 
 __all__ = ["NullServer", "main"]
 
@@ -71,12 +73,9 @@ _WATCH_EVENT = int(Op.WATCH_EVENT)
 _ERROR = int(Op.ERROR)
 _RESET_WATCHES = int(Op.RESET_WATCHES)
 
-#: ``struct xsd_sockmsg``: type, req_id, tx_id, len, little-endian.
-_HEADER = struct.Struct("<IIII")
-_OK = b"OK\0"
-_ENOENT = b"ENOENT\0"
-_ENOSYS = b"ENOSYS\0"
-_EINVAL = b"EINVAL\0"
+_ENOENT = NoEntry.code.encode() + b"\0"
+_ENOSYS = NotSupported.code.encode() + b"\0"
+_EINVAL = InvalidArgument.code.encode() + b"\0"
 #: Bytes read from a client at a time (as pyxenstored).
 _READ_SIZE = 65536
 #: One read buffer for every client, as pyxenstored has: the loop reads one
@@ -180,8 +179,8 @@ class _Client(asyncio.BufferedProtocol):
         server = self.server
         values = server.values
         watches = server.watches
-        pack = _HEADER.pack
-        unpack_from = _HEADER.unpack_from
+        pack = HEADER.pack
+        unpack_from = HEADER.unpack_from
         out = self._out
         end = len(data)
         pos = 0
@@ -198,7 +197,7 @@ class _Client(asyncio.BufferedProtocol):
                 if path not in values:
                     server.create(path)
                 values[path] = payload[nul + 1 :]
-                out += (pack(_WRITE, req_id, tx_id, 3), _OK)
+                out += (pack(_WRITE, req_id, tx_id, 3), OK)
                 if watches:
                     server.fire(path, self)
             elif op == _READ:
@@ -228,7 +227,7 @@ class _Client(asyncio.BufferedProtocol):
             server.next_tx = tx % 0xFFFFFFFF + 1
             return op, b"%d\0" % tx
         if op in (_TRANSACTION_END, _SET_PERMS):
-            return op, _OK
+            return op, OK
         path = payload.split(b"\0", 1)[0]
         if op == _DIRECTORY:
             if path not in server.values:
@@ -241,7 +240,7 @@ class _Client(asyncio.BufferedProtocol):
                 server.create(path)
                 if server.watches:
                     server.fire(path, self)
-            return op, _OK
+            return op, OK
         if op == _RM:
             if path not in server.values:
                 return _ERROR, _ENOENT
@@ -250,7 +249,7 @@ class _Client(asyncio.BufferedProtocol):
             server.remove(path)
             if server.watches:
                 server.fire(path, self)
-            return op, _OK
+            return op, OK
         if op == _WATCH:
             parts = payload.split(b"\0")
             if len(parts) < 2:
@@ -258,17 +257,17 @@ class _Client(asyncio.BufferedProtocol):
             token = parts[1]
             server.watches.setdefault(path, []).append((self, token))
             self._watches.add((path, token))
-            return op, _OK  # the initial event follows (buffer_updated)
+            return op, OK  # the initial event follows (buffer_updated)
         if op == _UNWATCH:
             parts = payload.split(b"\0")
             if len(parts) < 2 or (path, parts[1]) not in self._watches:
                 return _ERROR, _ENOENT
             self._unwatch(path, parts[1])
-            return op, _OK
+            return op, OK
         if op == _RESET_WATCHES:
             for path, token in list(self._watches):
                 self._unwatch(path, token)
-            return op, _OK
+            return op, OK
         if op == _GET_DOMAIN_PATH:
             return op, b"/local/domain/" + path + b"\0"
         return _ERROR, _ENOSYS
@@ -285,7 +284,7 @@ class _Client(asyncio.BufferedProtocol):
         the change, at once otherwise (before the writer's reply, as
         pyxenstored does)."""
         payload = path + b"\0" + token + b"\0"
-        message = _HEADER.pack(_WATCH_EVENT, 0, 0, len(payload)) + payload
+        message = HEADER.pack(_WATCH_EVENT, 0, 0, len(payload)) + payload
         if writer is self:
             self._out.append(message)
         elif self.transport is not None and not self.transport.is_closing():

@@ -1,22 +1,20 @@
 """One engine connection spoken to in framed packets, for the engine tests.
 
 The tests read the exact messages the engine queues, decoded with the
-header layout of PROTOCOL.md 1.1 written out here (independent of the
-code's own ``HEADER``).
+package's ``HEADER`` (pinned to PROTOCOL.md 1.1 by literal bytes in
+``tests/unit/test_wire.py``).
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 from pyxenstored.engine import Connection, Engine
-from pyxenstored.wire import Op, Packet
+from pyxenstored.wire import HEADER, Op, Packet
+from tests.wiretools import args
 
-__all__ = ["ERROR", "EVENT", "FRAME", "OK", "Msg", "Peer", "args", "decode"]
+__all__ = ["ERROR", "EVENT", "OK", "Msg", "Peer", "args", "decode"]
 
-#: The header layout of PROTOCOL.md 1.1, independent of the code's HEADER.
-FRAME = struct.Struct("<IIII")
 ERROR = 16
 EVENT = 15
 OK = b"OK\0"
@@ -40,13 +38,9 @@ class Msg:
 
 
 def decode(raw: bytes) -> Msg:
-    op, req, tx, length = FRAME.unpack_from(raw)
+    op, req, tx, length = HEADER.unpack_from(raw)
     assert len(raw) == 16 + length, "one framed message per queued item"
     return Msg(op, req, tx, raw[16:])
-
-
-def args(*strings: str) -> bytes:
-    return b"".join(s.encode("latin-1") + b"\0" for s in strings)
 
 
 class Peer:

@@ -9,7 +9,7 @@ checked against two rules:
 2. no pyxenstored module of a higher layer.  Layers: 1 ``errors``,
    ``paths``, ``perms``; 2 ``wire``, ``watches``, ``store``; 3 ``engine``
    (and ``migration``, ``client.protocol``, ``client.commands``); 4 and up
-   everything else (``transports``, ``server``, ``client``, ``sim``,
+   everything else (``transports``, ``rundir``, ``server``, ``client``, ``sim``,
    ``cli``, and the package root, which may re-export any of them).
 """
 
@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "pyxenstored.client.protocol": 3,
     "pyxenstored.client.commands": 3,
     "pyxenstored.transports": 4,
+    "pyxenstored.rundir": 4,
     "pyxenstored.server": 5,
     "pyxenstored.client": 5,
     "pyxenstored.sim": 5,

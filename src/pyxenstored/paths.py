@@ -20,10 +20,8 @@ __all__ = [
     "SPECIAL_NODES",
     "canonicalize",
     "domain_home",
-    "is_child",
     "measured_length",
     "parent_of",
-    "relative_to",
 ]
 
 #: ``XENSTORE_ABS_PATH_MAX``: absolute paths longer than this are refused.
@@ -87,21 +85,3 @@ def parent_of(path: str) -> str:
     """Parent of an absolute path; the parent of ``/x`` is ``/``."""
     parent = path[: path.rfind("/")]
     return parent or "/"
-
-
-def is_child(path: str, ancestor: str) -> bool:
-    """True if ``path`` equals ``ancestor`` or lies below it."""
-    return (
-        path == ancestor
-        or ancestor == "/"
-        or (
-            path.startswith(ancestor) and path[len(ancestor) : len(ancestor) + 1] == "/"
-        )
-    )
-
-
-def relative_to(path: str, home: str) -> str:
-    """``path`` with the ``home/`` prefix stripped (for relative watches)."""
-    if path.startswith(home) and path[len(home) : len(home) + 1] == "/":
-        return path[len(home) + 1 :]
-    return path

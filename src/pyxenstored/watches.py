@@ -42,10 +42,6 @@ class Watch:
         self.seq = seq
         self.depth = depth
 
-    @property
-    def relative(self) -> bool:
-        return self.home is not None
-
     def event_path(self, path: str) -> str:
         """How an event for ``path`` is reported to this watch."""
         home = self.home

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +39,11 @@ from pyxenstored.paths import SPECIAL_NODES
 from pyxenstored.sim.ring import GuestRing, HostDir
 from pyxenstored.sim.toolstack import Toolstack
 from pyxenstored.store.quota import QUOTA_NAMES, Limits
+from pyxenstored.wire import HEADER, PAYLOAD_MAX
 from pyxenstored.wire.ops import Op
 from tests.conftest import RunningDaemon
+from tests.wiretools import Misframed, frame, take_message
 
-HEADER = struct.Struct("<IIII")
-PAYLOAD_MAX = 4096
 #: Bound on every wait for the daemon.
 TIMEOUT = 10.0
 #: Socket channels (privileged dom0 clients) and guest domains with rings.
@@ -130,22 +129,12 @@ class Stats:
         ]
 
 
-def frame(op: int, req_id: int, tx_id: int, payload: bytes) -> bytes:
-    return HEADER.pack(op, req_id, tx_id, len(payload)) + payload
-
-
 def parse(buf: bytearray) -> Message | None:
     """Take one whole message off the front of ``buf``."""
-    if len(buf) < 16:
-        return None
-    op, req, tx, length = HEADER.unpack_from(buf)
-    if length > PAYLOAD_MAX:
-        raise FuzzFailure(f"the daemon sent a {length}-byte payload")
-    if len(buf) < 16 + length:
-        return None
-    payload = bytes(buf[16 : 16 + length])
-    del buf[: 16 + length]
-    return op, req, tx, payload
+    try:
+        return take_message(buf)
+    except Misframed as error:
+        raise FuzzFailure(f"the daemon sent {error}") from None
 
 
 class Channel:
@@ -372,7 +361,7 @@ class Harness:
         request = action.requests[0]
         req_id = channel.req_id()
         tx_id = self._tx(channel, request.tx)
-        data = frame(request.op, req_id, tx_id, request.payload)
+        data = frame(request.op, request.payload, req_id, tx_id)
         if action.mode == "truncate":
             self._truncate(channel, data[: max(1, action.cut % len(data))])
         elif action.mode == "oversize":
@@ -406,7 +395,7 @@ class Harness:
             req_id = channel.req_id()
             tx_id = self._tx(channel, request.tx)
             expected[req_id] = (request.op, tx_id)
-            data += frame(request.op, req_id, tx_id, request.payload)
+            data += frame(request.op, request.payload, req_id, tx_id)
         channel.write(bytes(data), deadline)
         self.stats.requests += len(requests)
         replies = self._await(channel, expected, deadline)
@@ -540,7 +529,7 @@ class Harness:
         for channel in self.channels:
             deadline = time.monotonic() + TIMEOUT
             req_id = channel.req_id()
-            channel.write(frame(Op.RESET_WATCHES, req_id, 0, b"\0"), deadline)
+            channel.write(frame(Op.RESET_WATCHES, b"\0", req_id), deadline)
             self._await(channel, {req_id: (Op.RESET_WATCHES, 0)}, deadline)
             channel.open_tx.clear()
             while (message := parse(channel.buf)) is not None:

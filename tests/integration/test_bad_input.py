@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import re
 import socket
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pyxenstored.wire import HEADER, Packet
 from tests.conftest import RunningDaemon
+from tests.wiretools import frame, rss_kib, take_message
 
-FRAME = struct.Struct("<IIII")
 READ, WATCH, TRANSACTION_END, WRITE, SET_PERMS, ERROR = 2, 4, 7, 11, 14, 16
 OK = b"OK\0"
-
-
-def frame(op: int, req: int, payload: bytes, tx: int = 0) -> bytes:
-    return FRAME.pack(op, req, tx, len(payload)) + payload
 
 
 class Raw:
@@ -37,29 +33,21 @@ class Raw:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(5)
         self.sock.connect(str(path))
-        self.buf = b""
+        self.buf = bytearray()
         self.req = 1000
 
     def send(self, op: int, payload: bytes, tx: int = 0) -> int:
         self.req += 1
-        self.sock.sendall(frame(op, self.req, payload, tx))
+        self.sock.sendall(frame(op, payload, self.req, tx))
         return self.req
 
-    def _fill(self, n: int) -> None:
-        while len(self.buf) < n:
+    def recv(self) -> Packet:
+        while (message := take_message(self.buf)) is None:
             data = self.sock.recv(65536)
             if not data:
                 raise EOFError("the daemon closed the connection")
             self.buf += data
-
-    def recv(self) -> tuple[int, int, int, bytes]:
-        self._fill(16)
-        op, req, tx, length = FRAME.unpack_from(self.buf)
-        assert length <= 4096
-        self._fill(16 + length)
-        payload = self.buf[16 : 16 + length]
-        self.buf = self.buf[16 + length :]
-        return op, req, tx, payload
+        return message
 
     def call(self, op: int, payload: bytes, tx: int = 0) -> tuple[int, bytes]:
         """One request, its reply (watch events are skipped)."""
@@ -79,7 +67,7 @@ class Raw:
     def closed_by_peer(self, timeout: float = 5) -> bytes | None:
         """Everything received before the daemon closed; None if it did not."""
         self.sock.settimeout(timeout)
-        got = self.buf
+        got = bytes(self.buf)
         try:
             while True:
                 data = self.sock.recv(65536)
@@ -171,8 +159,8 @@ def test_length_over_4096_closes_without_reply(
     log = Log(daemon)
     bad = Raw(daemon.socket)
     # The "body" holds a well-formed WRITE: it must never be executed.
-    body = frame(WRITE, 1, b"/smuggled\0x")
-    bad.sock.sendall(FRAME.pack(WRITE, 1, 0, length) + body)
+    body = frame(WRITE, b"/smuggled\0x", 1)
+    bad.sock.sendall(HEADER.pack(WRITE, 1, 0, length) + body)
     received = bad.closed_by_peer()
     bad.close()
     assert received == b"", "the connection must be closed with no reply"
@@ -185,7 +173,7 @@ def test_length_over_4096_closes_without_reply(
 def test_client_disconnects_mid_message(daemon: RunningDaemon, bystander: Raw) -> None:
     log = Log(daemon)
     bad = Raw(daemon.socket)
-    whole = frame(WRITE, 1, b"/half\0" + b"v" * 94)
+    whole = frame(WRITE, b"/half\0" + b"v" * 94, 1)
     bad.sock.sendall(whole[:60])
     time.sleep(0.05)
     bad.close()
@@ -311,22 +299,15 @@ def test_unknown_transaction_id(daemon: RunningDaemon, bystander: Raw) -> None:
 # -- load: a client that never reads, and deep pipelining ------------------------------
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_client_that_never_reads(daemon: RunningDaemon, bystander: Raw) -> None:
     value = b"x" * 4000
     assert bystander.call(WRITE, b"/big\0" + value) == (WRITE, OK)
     log = Log(daemon)
-    baseline = _rss_kib(daemon.proc.pid)
+    baseline = rss_kib(daemon.proc.pid)
     hog = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     hog.connect(str(daemon.socket))
     hog.setblocking(False)
-    burst = frame(READ, 1, b"/big\0") * 2000  # 8 MB of replies per burst
+    burst = frame(READ, b"/big\0", 1) * 2000  # 8 MB of replies per burst
     dropped = False
     slowest = 0.0
     deadline = time.monotonic() + 2
@@ -342,7 +323,7 @@ def test_client_that_never_reads(daemon: RunningDaemon, bystander: Raw) -> None:
         slowest = max(slowest, time.monotonic() - started)
     hog.close()
     assert slowest < 0.5, f"the bystander waited {slowest:.2f}s"
-    grown = _rss_kib(daemon.proc.pid) - baseline
+    grown = rss_kib(daemon.proc.pid) - baseline
     assert grown < 200 * 1024, f"the daemon grew by {grown} KiB"
     assert_healthy(daemon, bystander)
     lines = log.wait(1 if dropped else 0, timeout=1)
@@ -356,8 +337,8 @@ def test_thousands_of_pipelined_requests(daemon: RunningDaemon, bystander: Raw) 
     count = 2500
     requests = []
     for i in range(count):
-        requests.append(frame(WRITE, 2 * i + 1, b"/pipe/%d\0value-%d" % (i, i)))
-        requests.append(frame(READ, 2 * i + 2, b"/pipe/%d\0" % i))
+        requests.append(frame(WRITE, b"/pipe/%d\0value-%d" % (i, i), 2 * i + 1))
+        requests.append(frame(READ, b"/pipe/%d\0" % i, 2 * i + 2))
     client = Raw(daemon.socket)
     client.sock.settimeout(20)
     started = time.monotonic()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,14 +39,14 @@ from pyxenstored.client.sync import Client
 from pyxenstored.errors import BrokenConnection, NoEntry
 from pyxenstored.sim.ring import GuestRing, HostDir
 from pyxenstored.sim.toolstack import Toolstack
+from pyxenstored.wire import HEADER
 from pyxenstored.wire.ops import Op
 from tests.conftest import BACKEND, RunningDaemon
 from tests.ringtools import Page, drain
+from tests.wiretools import TIMEOUT, frame, rss_kib, split, wait_until
 
 BAD = 1
 GOOD = 2
-#: ``struct xsd_sockmsg`` (PROTOCOL.md 1.1).
-HEADER = struct.Struct("<IIII")
 #: u32 word positions of the page's fields (RING.md 1).
 REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD, FEATURES, CONNECTION, ERROR = range(512, 519)
 #: ``error`` values (RING.md 7).
@@ -55,24 +55,9 @@ PROTO = 3
 #: Longer than the daemon's safety-net rescan (1 s), so "nothing happened
 #: within QUIET" also covers a lost kick.
 QUIET = 1.5
-TIMEOUT = 10.0
 
 
 # -- helpers ------------------------------------------------------------------
-
-
-def request(op: Op, payload: bytes, req_id: int = 1, tx_id: int = 0) -> bytes:
-    return HEADER.pack(op, req_id, tx_id, len(payload)) + payload
-
-
-def replies(data: bytes) -> list[tuple[int, int, bytes]]:
-    """Split raw reply bytes into ``(type, req_id, payload)``."""
-    out = []
-    while data:
-        op, req_id, _tx, length = HEADER.unpack_from(data)
-        out.append((op, req_id, data[16 : 16 + length]))
-        data = data[16 + length :]
-    return out
 
 
 def receive(ring: GuestRing, n: int) -> bytes:
@@ -84,21 +69,6 @@ def receive(ring: GuestRing, n: int) -> bytes:
         assert left > 0, f"only {len(data)} of {n} reply bytes came"
         data += ring.receive_some(n - len(data), timeout=left)
     return data
-
-
-def wait_until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not check():
-        assert time.monotonic() < deadline, f"not within {TIMEOUT} s: {what}"
-        time.sleep(0.01)
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def assert_others_served(daemon: RunningDaemon) -> None:
@@ -138,7 +108,7 @@ def assert_not_served(ring: GuestRing, page: Page) -> None:
     """A valid request of the bad guest gets nothing back any more."""
     before = page[RSP_PROD]
     page[REQ_PROD] = page[REQ_CONS]  # "repair" the indices
-    ring.ring.write_requests(request(Op.READ, b"name\0"))
+    ring.ring.write_requests(frame(Op.READ, b"name\0"))
     ring.kick()
     time.sleep(QUIET)
     assert page[RSP_PROD] == before, "the broken ring was served again"
@@ -161,7 +131,7 @@ def test_index_jump(host: RunningDaemon, field: str) -> None:
                 # The guest claims to have consumed replies never produced;
                 # the daemon notices when it next writes a reply.
                 page[RSP_CONS] = page[RSP_PROD] + 5000
-                ring.ring.write_requests(request(Op.READ, b"name\0"))
+                ring.ring.write_requests(frame(Op.READ, b"name\0"))
             ring.kick()
             wait_until(lambda: page[ERROR] == RINGIDX, "error = RINGIDX")
             assert_not_served(ring, page)
@@ -205,7 +175,7 @@ def test_request_cut_off(host: RunningDaemon, cut: int) -> None:
     """Part of a request, then silence: no reply, nothing broken."""
     ring = bad_ring(host)
     page = Page(host.directory, BAD)
-    message = request(Op.READ, b"name\0", req_id=77)
+    message = frame(Op.READ, b"name\0", req_id=77)
     try:
         ring.send_all(message[:cut])
         time.sleep(QUIET)
@@ -214,8 +184,8 @@ def test_request_cut_off(host: RunningDaemon, cut: int) -> None:
         assert_others_served(host)
         # Completed at last, the request is answered normally.
         ring.send_all(message[cut:])
-        reply = replies(receive(ring, 16 + len(f"guest{BAD}")))
-        assert reply == [(Op.READ, 77, f"guest{BAD}".encode())]
+        reply = split(receive(ring, 16 + len(f"guest{BAD}")))
+        assert reply == ([(Op.READ, 77, 0, f"guest{BAD}".encode())], b"")
     finally:
         ring.close()
         page.close()
@@ -297,7 +267,7 @@ def test_request_flood(host: RunningDaemon) -> None:
     ring = bad_ring(host)
     page = Page(host.directory, BAD)
     total = 300
-    pending = b"".join(request(Op.READ, b"name\0", req_id=i) for i in range(total))
+    pending = b"".join(frame(Op.READ, b"name\0", req_id=i) for i in range(total))
     try:
         # Write whatever fits, kick, until the daemon takes nothing more.
         quiet_since = time.monotonic()
@@ -315,7 +285,7 @@ def test_request_flood(host: RunningDaemon) -> None:
         # Replies fit in the 1 KiB reply ring, plus the outstanding quota
         # (20) waiting in the daemon; one more request may be in progress.
         reply_size = 16 + len(f"guest{BAD}")
-        bound = (1024 // reply_size + 20 + 1) * len(request(Op.READ, b"name\0"))
+        bound = (1024 // reply_size + 20 + 1) * len(frame(Op.READ, b"name\0"))
         assert consumed <= bound, (consumed, bound)
         assert_others_served(host)
         assert page[REQ_CONS] == consumed, "the daemon read on over quota"
@@ -332,8 +302,8 @@ def test_request_flood(host: RunningDaemon) -> None:
                 data += ring.receive_some(timeout=0.1)
             except TimeoutError:
                 pass
-        want = [(Op.READ, i, f"guest{BAD}".encode()) for i in range(total)]
-        assert replies(data) == want
+        want = [(Op.READ, i, 0, f"guest{BAD}".encode()) for i in range(total)]
+        assert split(data) == (want, b"")
     finally:
         ring.close()
         page.close()
@@ -350,7 +320,7 @@ def test_death_mid_request(host: RunningDaemon, how: str) -> None:
     with Client(str(host.socket)) as dom0:
         for i in range(100):  # events the guest will never read
             dom0.write(f"{bad_home}/data/n{i}", b"")
-        ring.send_all(request(Op.WRITE, b"data/half\0" + b"v" * 600)[:300])
+        ring.send_all(frame(Op.WRITE, b"data/half\0" + b"v" * 600)[:300])
         dom0.watch("@releaseDomain", "gone")
         drain(dom0)
         HostDir(str(host.directory)).kill_domain(BAD, remove=how != "dying")
@@ -380,7 +350,7 @@ def test_reconnection(host: RunningDaemon) -> None:
         old.write("data/in-tx", b"1", tx)
         drain(old)
         # Half a request in the ring, and replies the guest did not read.
-        ring.send_all(request(Op.READ, b"name\0", req_id=9)[:7])
+        ring.send_all(frame(Op.READ, b"name\0", req_id=9)[:7])
         with Client(str(host.socket)) as dom0:
             dom0.write(f"{bad_home}/data/unread", b"")
             ring.request_reconnect()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -46,7 +45,9 @@ from pyxenstored.errors import PermissionDenied, TransactionConflict
 from pyxenstored.migration.xsstate import ConnectionData, NodeData, decode_state
 from pyxenstored.sim.ring import GuestRing, HostDir
 from pyxenstored.sim.toolstack import Toolstack
+from pyxenstored.wire import HEADER
 from pyxenstored.wire.ops import Op
+from pyxenstored.wire.payload import join_args
 from tests.conftest import (
     BACKEND,
     EVENT_LOOP,
@@ -56,6 +57,7 @@ from tests.conftest import (
     stop_process,
     wait_for_socket,
 )
+from tests.wiretools import frame, take_message
 
 BINDIR = Path("/tmp/peers/xenroot/usr/lib/xen-4.17/bin")
 XENSTORE_CONTROL = BINDIR / "xenstore-control"
@@ -65,7 +67,6 @@ PYXENSTORED = Path(sys.executable).parent / "pyxenstored"
 DOMID = 3
 HOME = f"/local/domain/{DOMID}"
 TIMEOUT = 10.0
-HEADER = struct.Struct("<IIII")
 
 
 # -- raw framing over a socket or a guest's ring ------------------------------
@@ -76,17 +77,17 @@ class Raw:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self._buf = b""
+        self._buf = bytearray()
         self._req = 100
         #: Watch events seen while waiting for replies: (path, token).
         self.events: list[tuple[str, str]] = []
 
     def frame(self, op: Op, *args: str, tx: int = 0) -> tuple[int, bytes]:
         self._req += 1
-        payload = b"".join(a.encode() + b"\0" for a in args)
+        payload = join_args(*args)
         if op == Op.WRITE:  # WRITE's value has no NUL after it
             payload = payload[:-1]
-        return self._req, HEADER.pack(op, self._req, tx, len(payload)) + payload
+        return self._req, frame(op, payload, self._req, tx)
 
     def send(self, op: Op, *args: str, tx: int = 0) -> int:
         req, data = self.frame(op, *args, tx=tx)
@@ -95,12 +96,9 @@ class Raw:
 
     def _next(self, deadline: float) -> tuple[int, int, bytes]:
         while True:
-            if len(self._buf) >= HEADER.size:
-                op, req, _tx, length = HEADER.unpack_from(self._buf)
-                if len(self._buf) >= HEADER.size + length:
-                    payload = self._buf[HEADER.size : HEADER.size + length]
-                    self._buf = self._buf[HEADER.size + length :]
-                    return op, req, payload
+            message = take_message(self._buf)
+            if message is not None:
+                return message.op, message.req_id, message.payload
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("no message")
@@ -290,13 +288,9 @@ def update_with_scene(
 
 
 @pytest.fixture
-def py_daemon(short_tmp: Path) -> Iterator[RunningDaemon]:
-    running = RunningDaemon(short_tmp, ["--host-dir", str(short_tmp)])
-    try:
-        yield running
-    finally:
-        code = running.stop()
-        assert code == 0, f"exit {code}; log:\n{running.log.read_text()}"
+def py_daemon(host_daemon: RunningDaemon) -> RunningDaemon:
+    """pyxenstored serving guests in its own directory (conftest's host_daemon)."""
+    return host_daemon
 
 
 def _log(daemon: RunningDaemon) -> str:

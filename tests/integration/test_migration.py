@@ -66,10 +66,12 @@ from pyxenstored.sim.migration import Host, migrate_guest
 from pyxenstored.sim.ring import GuestRing, HostDir
 from pyxenstored.sim.toolstack import Toolstack, backend_entries
 from pyxenstored.sim.workload import GuestWorkload, guest_watches
+from pyxenstored.wire import HEADER, Packet
 from pyxenstored.wire.ops import Op
 from tests import ringtools
 from tests.conftest import RunningDaemon
 from tests.ringtools import drain
+from tests.wiretools import RawGuest, args, frame, split, take_message, wait_until
 
 DOMID = 5
 HOME = f"/local/domain/{DOMID}"
@@ -80,17 +82,12 @@ TIMEOUT = 10.0
 QUIET = 1.5
 #: The daemons run with ``--quiesce-timeout`` this short.
 QUIESCE_TIMEOUT = 1.0
-#: ``struct xsd_sockmsg`` (PROTOCOL.md 1.1).
-HEADER = struct.Struct("<IIII")
 #: u32 word positions of the ring indices (RING.md 1).
 REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD = range(512, 516)
 ERROR = 16
 EVENT = 15
 OK = b"OK\x00"
 PYXENSTORE = [sys.executable, "-m", "pyxenstored"]
-
-Message = tuple[int, int, bytes]
-
 
 # -- daemons -------------------------------------------------------------------
 
@@ -140,33 +137,13 @@ def dom0(daemon: RunningDaemon) -> Client:
 # -- raw bytes -----------------------------------------------------------------
 
 
-def frame(op: int, payload: bytes, req_id: int, tx_id: int = 0) -> bytes:
-    return HEADER.pack(op, req_id, tx_id, len(payload)) + payload
-
-
-def args(*strings: str) -> bytes:
-    return b"".join(s.encode("latin-1") + b"\x00" for s in strings)
-
-
-def split_messages(data: bytes) -> tuple[list[Message], bytes]:
-    """Whole ``(type, req_id, payload)`` messages, and the bytes left over."""
-    out = []
-    while len(data) >= HEADER.size:
-        op, req_id, _tx, length = HEADER.unpack_from(data)
-        if len(data) < HEADER.size + length:
-            break
-        out.append((op, req_id, data[HEADER.size : HEADER.size + length]))
-        data = data[HEADER.size + length :]
-    return out, data
-
-
 class RawDom0:
     """dom0 on a raw socket: requests whose replies may take a while."""
 
     def __init__(self, daemon: RunningDaemon) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(str(daemon.socket))
-        self.buffer = b""
+        self.buffer = bytearray()
         self.req = 0
 
     def send(self, op: int, *strings: str) -> int:
@@ -174,14 +151,13 @@ class RawDom0:
         self.sock.sendall(frame(op, args(*strings), self.req))
         return self.req
 
-    def reply(self, timeout: float) -> Message | None:
+    def reply(self, timeout: float) -> Packet | None:
         """The next message, or None if none came within ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
-            messages, _ = split_messages(self.buffer)
-            if messages:
-                self.buffer = self.buffer[HEADER.size + len(messages[0][2]) :]
-                return messages[0]
+            message = take_message(self.buffer)
+            if message is not None:
+                return message
             # Look at least once, even with a timeout of 0.
             self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
             try:
@@ -205,54 +181,9 @@ class Page(ringtools.Page):
         return (self[REQ_PROD] - self[REQ_CONS]) & 0xFFFFFFFF
 
 
-class RawGuest:
-    """A guest writing raw requests into its ring and reading raw replies."""
-
-    def __init__(self, daemon: RunningDaemon, domid: int = DOMID) -> None:
-        self.ring = GuestRing(str(daemon.directory), domid, timeout=TIMEOUT)
-        self.buffer = b""
-
-    def send(self, op: int, payload: bytes, req_id: int, tx_id: int = 0) -> None:
-        self.ring.send_all(frame(op, payload, req_id, tx_id))
-
-    def receive(self, timeout: float = 0.05) -> list[Message]:
-        """Whatever whole messages arrive within ``timeout``."""
-        try:
-            self.buffer += self.ring.receive_some(timeout=timeout)
-        except TimeoutError:
-            pass
-        messages, self.buffer = split_messages(self.buffer)
-        return messages
-
-    def until_reply(self, req_id: int) -> list[Message]:
-        """Every message up to and including the reply to ``req_id``."""
-        got: list[Message] = []
-        deadline = time.monotonic() + TIMEOUT
-        while not any(m[0] != EVENT and m[1] == req_id for m in got):
-            assert time.monotonic() < deadline, f"no reply to {req_id}: {got}"
-            got += self.receive()
-        return got
-
-    def call(self, op: int, payload: bytes, req_id: int, tx_id: int = 0) -> bytes:
-        self.send(op, payload, req_id, tx_id)
-        reply = [m for m in self.until_reply(req_id) if m[0] != EVENT]
-        assert reply == [(op, req_id, reply[0][2])], reply
-        return reply[0][2]
-
-    def close(self) -> None:
-        self.ring.close()
-
-
-def wait_until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not check():
-        assert time.monotonic() < deadline, f"not within {TIMEOUT} s: {what}"
-        time.sleep(0.01)
-
-
-def events_of(messages: list[Message]) -> list[tuple[str, str]]:
+def events_of(messages: list[Packet]) -> list[tuple[str, str]]:
     out = []
-    for op, _, payload in messages:
+    for op, _, _, payload in messages:
         if op == EVENT:
             path, token, rest = payload.decode("latin-1").split("\x00")
             assert rest == ""
@@ -333,7 +264,7 @@ def test_quiesce_completes_the_half_written_request_first(
 ) -> None:
     """c.9: the partial request is finished, run and answered before OK."""
     build_domain(host_a)
-    guest = RawGuest(host_a)
+    guest = RawGuest(host_a.directory, DOMID)
     page = Page(host_a.directory)
     toolstack = RawDom0(host_a)
     first = frame(Op.WRITE, b"data/first\x00" + b"one", 1)
@@ -347,13 +278,13 @@ def test_quiesce_completes_the_half_written_request_first(
             assert c.read(f"{HOME}/name") == b"guest5"
         # The guest writes the rest and, behind it, a new request.
         guest.ring.send_all(first[cut:] + second)
-        assert toolstack.reply(TIMEOUT) == (Op.QUIESCE, req, OK)
+        assert toolstack.reply(TIMEOUT) == (Op.QUIESCE, req, 0, OK)
         # By then the first request ran and its reply is in the page ...
         assert page[REQ_CONS] == len(first)
         assert page[RSP_PROD] - page[RSP_CONS] == HEADER.size + 3
         # ... and the second was left in the ring for the destination.
         assert page.unread_requests() == len(second)
-        assert split_messages(guest.ring.ring.read_replies())[0] == [(Op.WRITE, 1, OK)]
+        assert split(guest.ring.ring.read_replies())[0] == [(Op.WRITE, 1, 0, OK)]
         with dom0(host_a) as c:
             assert c.read(f"{HOME}/data/first") == b"one"
             assert not c.exists(f"{HOME}/data/second")
@@ -366,8 +297,11 @@ def test_quiesce_completes_the_half_written_request_first(
 def flood_events(daemon: RunningDaemon, guest: RawGuest, count: int) -> None:
     """Fire ``count`` events at the guest, more than its reply ring holds."""
     guest.send(Op.WATCH, args("data", "w" * 40), 1)
-    got = guest.until_reply(1) + guest.receive(0.2)
-    assert got == [(Op.WATCH, 1, OK), (EVENT, 0, b"data\x00" + b"w" * 40 + b"\x00")]
+    got = guest.until(1) + guest.receive(0.2)
+    assert got == [
+        (Op.WATCH, 1, 0, OK),
+        (EVENT, 0, 0, b"data\x00" + b"w" * 40 + b"\x00"),
+    ]
     with dom0(daemon) as c:
         for i in range(count):
             c.write(f"{HOME}/data/n{i:02d}", b"")
@@ -377,7 +311,7 @@ def test_quiesce_flushes_queued_output_into_the_ring_first(
     host_a: RunningDaemon,
 ) -> None:
     build_domain(host_a)
-    guest = RawGuest(host_a)
+    guest = RawGuest(host_a.directory, DOMID)
     page = Page(host_a.directory)
     toolstack = RawDom0(host_a)
     try:
@@ -385,17 +319,17 @@ def test_quiesce_flushes_queued_output_into_the_ring_first(
         wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
         req = toolstack.send(Op.QUIESCE, str(DOMID))
         assert toolstack.reply(0.3) is None, "OK with output still queued"
-        got: list[Message] = []
+        got: list[Packet] = []
         reply = None
         deadline = time.monotonic() + TIMEOUT
         while reply is None:
             assert time.monotonic() < deadline
             got += guest.receive()  # the guest reads; the daemon refills
             reply = toolstack.reply(0)
-        assert reply == (Op.QUIESCE, req, OK)
+        assert reply == (Op.QUIESCE, req, 0, OK)
         # Whatever was queued is in the page now: the guest can read it all
         # with the daemon's mapping gone.
-        got += split_messages(guest.buffer + guest.ring.ring.read_replies(4096))[0]
+        got += split(guest.buf + guest.ring.ring.read_replies(4096))[0]
         want = [(f"data/n{i:02d}", "w" * 40) for i in range(40)]
         assert events_of(got) == want
         assert page[RSP_PROD] == page[RSP_CONS]
@@ -411,7 +345,7 @@ def test_quiesce_is_ebusy_while_the_guest_does_not_read(
     """a.3 item 6: EBUSY after the timeout; the domain stays quiesced and
     a repeated QUIESCE waits again until the guest has read its output."""
     build_domain(host_a)
-    guest = RawGuest(host_a)
+    guest = RawGuest(host_a.directory, DOMID)
     page = Page(host_a.directory)
     toolstack = RawDom0(host_a)
     try:
@@ -419,7 +353,7 @@ def test_quiesce_is_ebusy_while_the_guest_does_not_read(
         wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
         started = time.monotonic()
         req = toolstack.send(Op.QUIESCE, str(DOMID))
-        assert toolstack.reply(TIMEOUT) == (ERROR, req, b"EBUSY\x00")
+        assert toolstack.reply(TIMEOUT) == (ERROR, req, 0, b"EBUSY\x00")
         waited = time.monotonic() - started
         assert QUIESCE_TIMEOUT * 0.9 <= waited < QUIESCE_TIMEOUT + 2, waited
         # Still quiesced: a new request is not taken from the ring.
@@ -430,14 +364,14 @@ def test_quiesce_is_ebusy_while_the_guest_does_not_read(
         # Again: it waits, the guest reads at last, then OK.
         req = toolstack.send(Op.QUIESCE, str(DOMID))
         assert toolstack.reply(0.3) is None
-        got: list[Message] = []
+        got: list[Packet] = []
         reply = None
         deadline = time.monotonic() + TIMEOUT
         while reply is None:
             assert time.monotonic() < deadline
             got += guest.receive()
             reply = toolstack.reply(0)
-        assert reply == (Op.QUIESCE, req, OK)
+        assert reply == (Op.QUIESCE, req, 0, OK)
         got += guest.receive()
         assert len(events_of(got)) == 40
         assert all(m[1] != 50 for m in got), "the READ ran while quiesced"
@@ -445,7 +379,7 @@ def test_quiesce_is_ebusy_while_the_guest_does_not_read(
         # INTRODUCE resumes the domain and the READ is answered.
         with dom0(host_a) as c:
             c.introduce(DOMID, GFN, PORT)
-        assert guest.until_reply(50)[-1] == (Op.READ, 50, b"guest5")
+        assert guest.until(50)[-1] == (Op.READ, 50, 0, b"guest5")
     finally:
         toolstack.close()
         guest.close()
@@ -455,7 +389,7 @@ def test_quiesce_is_ebusy_while_the_guest_does_not_read(
 def test_introduce_cancels_a_pending_quiesce(host_a: RunningDaemon) -> None:
     """a.3 item 6: the toolstack may cancel with INTRODUCE: EBUSY, resumed."""
     build_domain(host_a)
-    guest = RawGuest(host_a)
+    guest = RawGuest(host_a.directory, DOMID)
     page = Page(host_a.directory)
     toolstack = RawDom0(host_a)
     try:
@@ -465,12 +399,12 @@ def test_introduce_cancels_a_pending_quiesce(host_a: RunningDaemon) -> None:
         assert toolstack.reply(0.3) is None
         with dom0(host_a) as c:
             c.introduce(DOMID, GFN, PORT)
-        assert toolstack.reply(0.5) == (ERROR, req, b"EBUSY\x00")
+        assert toolstack.reply(0.5) == (ERROR, req, 0, b"EBUSY\x00")
         # Served as before: the queued events, then a new request.
         guest.send(Op.READ, b"name\x00", 60)
-        got = guest.until_reply(60)
+        got = guest.until(60)
         assert len(events_of(got)) == 40
-        assert got[-1] == (Op.READ, 60, b"guest5")
+        assert got[-1] == (Op.READ, 60, 0, b"guest5")
     finally:
         toolstack.close()
         guest.close()
@@ -480,12 +414,12 @@ def test_introduce_cancels_a_pending_quiesce(host_a: RunningDaemon) -> None:
 def test_quiesced_ring_is_left_alone_until_introduce(host_a: RunningDaemon) -> None:
     """a.3 item 7 and a.6: untouched page, kept events, resume intact."""
     build_domain(host_a)
-    guest = RawGuest(host_a)
+    guest = RawGuest(host_a.directory, DOMID)
     page = Page(host_a.directory)
     try:
-        guest.call(Op.WATCH, args("data", "w"), 1)
-        tx = int(guest.call(Op.TRANSACTION_START, b"\x00", 2)[:-1])
-        assert guest.call(Op.WRITE, b"attr/in-tx\x00" + b"1", 3, tx) == OK
+        guest.answer(Op.WATCH, args("data", "w"), 1)
+        tx = int(guest.answer(Op.TRANSACTION_START, b"\x00", 2)[:-1])
+        assert guest.answer(Op.WRITE, b"attr/in-tx\x00" + b"1", 3, tx) == OK
         assert events_of(guest.receive(0.2)) in ([], [("data", "w")])
         with dom0(host_a) as c:
             c.quiesce(DOMID)
@@ -500,14 +434,14 @@ def test_quiesced_ring_is_left_alone_until_introduce(host_a: RunningDaemon) -> N
             assert page.unread_requests() == 2 * HEADER.size + 5 + 11
             assert not c.exists(f"{HOME}/data/late")
             c.introduce(DOMID, GFN, PORT)
-        got = guest.until_reply(5)
+        got = guest.until(5)
         assert events_of(got) == [("data/while", "w"), ("data/late", "w")]
         assert [m for m in got if m[0] != EVENT] == [
-            (Op.READ, 4, b"guest5"),
-            (Op.WRITE, 5, OK),
+            (Op.READ, 4, 0, b"guest5"),
+            (Op.WRITE, 5, 0, OK),
         ]
         # The transaction opened before QUIESCE is still there.
-        assert guest.call(Op.TRANSACTION_END, b"T\x00", 6, tx) == OK
+        assert guest.answer(Op.TRANSACTION_END, b"T\x00", 6, tx) == OK
         with dom0(host_a) as c:
             assert c.read(f"{HOME}/attr/in-tx") == b"1"
         assert "dom5: resumed" in host_a.log.read_text()
@@ -531,19 +465,17 @@ def test_events_kept_while_quiesced_outlive_the_watch_event_timeout(
     )
     try:
         build_domain(daemon)
-        guest = RawGuest(daemon)
+        guest = RawGuest(daemon.directory, DOMID)
         try:
             guest.send(Op.WATCH, args("data", "w"), 1)
-            assert events_of(guest.until_reply(1) + guest.receive(0.2)) == [
-                ("data", "w")
-            ]
+            assert events_of(guest.until(1) + guest.receive(0.2)) == [("data", "w")]
             with dom0(daemon) as c:
                 c.quiesce(DOMID)
                 c.write(f"{HOME}/data/while", b"x")
                 time.sleep(QUIET)  # longer than the 1 s watch-event timeout
                 c.introduce(DOMID, GFN, PORT)
             guest.send(Op.READ, b"name\x00", 2)
-            assert events_of(guest.until_reply(2)) == [("data/while", "w")]
+            assert events_of(guest.until(2)) == [("data/while", "w")]
         finally:
             guest.close()
     finally:
@@ -556,7 +488,7 @@ def test_quiesce_pending_when_the_domain_dies_is_answered(
 ) -> None:
     """Every request gets a reply: a.3 item 9 ends quiescing at death."""
     build_domain(host_a)
-    guest = RawGuest(host_a)
+    guest = RawGuest(host_a.directory, DOMID)
     page = Page(host_a.directory)
     toolstack = RawDom0(host_a)
     try:

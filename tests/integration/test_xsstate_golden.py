@@ -19,7 +19,6 @@ writes neither GLOBAL_QUOTA_DATA nor DOMAIN_DATA.
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -40,8 +39,10 @@ from pyxenstored.migration.xsstate import (
     encode_state,
 )
 from pyxenstored.perms import Access, Perm
+from pyxenstored.wire import HEADER
 from tests.conftest import PEERS, CDaemon
 from tests.integration.scenario import XENSTORE_CONTROL
+from tests.wiretools import wait_until
 
 #: The real daemon, next to xenstore-control in the unpacked Debian package.
 XENSTORED = XENSTORE_CONTROL.parent / "xenstored"
@@ -62,8 +63,7 @@ NODES: dict[str, tuple[bytes, tuple[Perm, ...]]] = {
         (Perm(B, 0), Perm(R, 3), Perm(W, 7, stale=True), Perm(N, 2, stale=True)),
     ),
 }
-#: C xenstored's ``xsd_sockmsg`` (PROTOCOL.md 1.1) and its CONTROL type.
-HEADER = struct.Struct("<IIII")
+#: C xenstored's CONTROL type (PROTOCOL.md 2).
 CONTROL = 0
 TIMEOUT = 20.0
 
@@ -249,13 +249,6 @@ def swap_wrapper(directory: Path) -> tuple[Path, Path, Path]:
     return wrapper, theirs, ours
 
 
-def wait_for(path: Path) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not path.exists():
-        assert time.monotonic() < deadline, f"no {path}"
-        time.sleep(0.02)
-
-
 def wait_until_answering(daemon: CDaemon) -> None:
     deadline = time.monotonic() + TIMEOUT
     while True:
@@ -283,7 +276,7 @@ def test_c_reads_our_stream(
         stderr=subprocess.PIPE,
     )
     try:
-        wait_for(theirs)
+        wait_until(theirs.exists, f"{theirs} written", TIMEOUT)
         data = theirs.read_bytes()
         stream = decode_state(data)
         assert encode_state(stream.records, 1) == data

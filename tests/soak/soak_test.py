@@ -39,6 +39,7 @@ from pyxenstored.errors import NoEntry
 from pyxenstored.sim.ring import GuestRing, HostDir
 from pyxenstored.sim.toolstack import Toolstack
 from tests.conftest import wait_for_socket
+from tests.wiretools import rss_kib
 
 SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 WORKERS = 4
@@ -57,13 +58,6 @@ FD_SLACK = 2
 
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def worker(

@@ -29,7 +29,6 @@ import json
 import os
 import random
 import socket
-import struct
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -38,10 +37,11 @@ from typing import TypeVar
 from pyxenstored.client.aio import AsyncClient
 from pyxenstored.errors import TransactionConflict, XenstoreError
 from pyxenstored.sim.ring import AsyncGuestRing
+from pyxenstored.wire import HEADER, Op
+from tests.wiretools import frame
 
 #: Bound on every request of the workload.
 OP_TIMEOUT = 10.0
-HEADER = struct.Struct("<IIII")
 KEYS = 16
 T = TypeVar("T")
 
@@ -238,14 +238,14 @@ def victim(args: argparse.Namespace) -> None:
     for i in range(args.clients):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(args.socket)
-        sock.sendall(HEADER.pack(6, 1, 0, 1) + b"\0")  # TRANSACTION_START
+        sock.sendall(frame(Op.TRANSACTION_START, b"\0", 1))
         reply = sock.recv(64)
         tx = int(reply[16:-1])
         path = f"/soak/victim/{os.getpid()}-{i}\0".encode()
-        sock.sendall(HEADER.pack(11, 2, tx, len(path) + 5) + path + b"never")
-        burst = b"".join(HEADER.pack(2, 3 + k, 0, 2) + b"/\0" for k in range(200))
+        sock.sendall(frame(Op.WRITE, path + b"never", 2, tx))
+        burst = b"".join(frame(Op.READ, b"/\0", 3 + k) for k in range(200))
         sock.sendall(burst)
-        half = HEADER.pack(11, 999, 0, 100) + b"/soak/half\0"
+        half = HEADER.pack(Op.WRITE, 999, 0, 100) + b"/soak/half\0"
         sock.sendall(half)
         socks.append(sock)
     print("ready", flush=True)

@@ -7,7 +7,6 @@ replies), section 3 (error names), 9 (reply shapes, DIRECTORY_PART).
 from __future__ import annotations
 
 import itertools
-import struct
 from collections.abc import Callable
 
 import pytest
@@ -33,18 +32,12 @@ from pyxenstored.errors import (
     XsError,
 )
 from pyxenstored.perms import Access, Perm
-from pyxenstored.wire import Op
-
-#: The header as PROTOCOL.md 1.1 spells it (kept apart from the code's).
-SPEC_HEADER = struct.Struct("<IIII")
-
-
-def frame(op: int, req_id: int, payload: bytes, tx_id: int = 0) -> bytes:
-    return SPEC_HEADER.pack(op, req_id, tx_id, len(payload)) + payload
+from pyxenstored.wire import HEADER, Op
+from tests.wiretools import frame
 
 
 def event(path: str, token: str) -> bytes:
-    return frame(Op.WATCH_EVENT, 0, f"{path}\0{token}\0".encode())
+    return frame(Op.WATCH_EVENT, f"{path}\0{token}\0".encode(), 0)
 
 
 # -- ClientProtocol --
@@ -56,9 +49,9 @@ def test_send_frames_request_with_fresh_ids() -> None:
     id2, data2 = proto.send(Op.WRITE, b"/a\0v")
     assert id1 != id2
     assert 0 not in (id1, id2)
-    assert SPEC_HEADER.unpack(data1[:16]) == (Op.READ, id1, 7, 3)
+    assert HEADER.unpack(data1[:16]) == (Op.READ, id1, 7, 3)
     assert data1[16:] == b"/a\0"
-    assert SPEC_HEADER.unpack(data2[:16]) == (Op.WRITE, id2, 0, 4)
+    assert HEADER.unpack(data2[:16]) == (Op.WRITE, id2, 0, 4)
     assert proto.outstanding == 2
 
 
@@ -80,7 +73,7 @@ def test_replies_matched_by_req_id_in_any_order() -> None:
     a, _ = proto.send(Op.READ, b"/a\0")
     b, _ = proto.send(Op.READ, b"/b\0")
     assert proto.reply(a) is NEED_DATA
-    done = proto.receive_data(frame(Op.READ, b, b"B") + frame(Op.READ, a, b"A"))
+    done = proto.receive_data(frame(Op.READ, b"B", b) + frame(Op.READ, b"A", a))
     assert done == [b, a]
     assert proto.reply(a) == b"A"
     assert proto.reply(b) == b"B"
@@ -101,7 +94,7 @@ def test_event_before_reply_is_queued_not_mistaken_for_it() -> None:
     w, _ = proto.send(Op.WRITE, b"/a\0v")
     proto.receive_data(event("/a", "tok"))
     assert proto.reply(w) is NEED_DATA
-    proto.receive_data(frame(Op.WRITE, w, b"OK\0"))
+    proto.receive_data(frame(Op.WRITE, b"OK\0", w))
     assert proto.reply(w) == b"OK\0"
     assert proto.next_event() == WatchEvent("/a", "tok")
     assert proto.next_event() is NEED_DATA
@@ -111,7 +104,7 @@ def test_event_before_reply_is_queued_not_mistaken_for_it() -> None:
 def test_error_reply_raises_class_registered_for_name(name: str) -> None:
     proto = ClientProtocol()
     r, _ = proto.send(Op.READ, b"/a\0")
-    proto.receive_data(frame(Op.ERROR, r, name.encode() + b"\0"))
+    proto.receive_data(frame(Op.ERROR, name.encode() + b"\0", r))
     with pytest.raises(XsError) as info:
         proto.reply(r)
     assert info.value.code == name
@@ -135,7 +128,7 @@ def test_error_reply_raises_class_registered_for_name(name: str) -> None:
 def test_error_names_map_to_classes(name: str, cls: type[XsError]) -> None:
     proto = ClientProtocol()
     r, _ = proto.send(Op.RM, b"/a\0")
-    proto.receive_data(frame(Op.ERROR, r, name.encode() + b"\0"))
+    proto.receive_data(frame(Op.ERROR, name.encode() + b"\0", r))
     with pytest.raises(cls):
         proto.reply(r)
 
@@ -144,7 +137,7 @@ def test_reply_to_unknown_request_breaks_the_stream() -> None:
     proto = ClientProtocol()
     r, _ = proto.send(Op.READ, b"/a\0")
     with pytest.raises(RemoteProtocolError):
-        proto.receive_data(frame(Op.READ, r + 1, b"x"))
+        proto.receive_data(frame(Op.READ, b"x", r + 1))
     assert proto.broken is not None
     with pytest.raises(BrokenConnection):
         proto.reply(r)
@@ -156,14 +149,14 @@ def test_reply_of_wrong_type_breaks_the_stream() -> None:
     proto = ClientProtocol()
     r, _ = proto.send(Op.READ, b"/a\0")
     with pytest.raises(RemoteProtocolError):
-        proto.receive_data(frame(Op.WRITE, r, b"OK\0"))
+        proto.receive_data(frame(Op.WRITE, b"OK\0", r))
 
 
 def test_oversized_header_breaks_the_stream() -> None:
     proto = ClientProtocol()
     proto.send(Op.READ, b"/a\0")
     with pytest.raises(RemoteProtocolError):
-        proto.receive_data(SPEC_HEADER.pack(Op.READ, 1, 0, 4097))
+        proto.receive_data(HEADER.pack(Op.READ, 1, 0, 4097))
     assert proto.broken is not None
 
 
@@ -171,12 +164,12 @@ def test_oversized_header_breaks_the_stream() -> None:
 def test_malformed_watch_event_breaks_the_stream(payload: bytes) -> None:
     proto = ClientProtocol()
     with pytest.raises(RemoteProtocolError):
-        proto.receive_data(frame(Op.WATCH_EVENT, 0, payload))
+        proto.receive_data(frame(Op.WATCH_EVENT, payload, 0))
 
 
 def test_watch_event_keeps_any_bytes_of_token() -> None:
     proto = ClientProtocol()
-    proto.receive_data(frame(Op.WATCH_EVENT, 0, b"/a\0t\xffok\0"))
+    proto.receive_data(frame(Op.WATCH_EVENT, b"/a\0t\xffok\0", 0))
     assert proto.next_event() == WatchEvent("/a", "t\xffok")
 
 
@@ -185,13 +178,13 @@ def test_forgotten_request_reply_is_dropped_silently() -> None:
     a, _ = proto.send(Op.READ, b"/a\0")
     b, _ = proto.send(Op.READ, b"/b\0")
     proto.forget(a)
-    assert proto.receive_data(frame(Op.READ, a, b"A") + frame(Op.READ, b, b"B")) == [b]
+    assert proto.receive_data(frame(Op.READ, b"A", a) + frame(Op.READ, b"B", b)) == [b]
     assert proto.reply(b) == b"B"
     with pytest.raises(LocalProtocolError):
         proto.reply(a)
     # forgetting after the reply came drops the stored reply
     c, _ = proto.send(Op.READ, b"/c\0")
-    proto.receive_data(frame(Op.READ, c, b"C"))
+    proto.receive_data(frame(Op.READ, b"C", c))
     proto.forget(c)
     with pytest.raises(LocalProtocolError):
         proto.reply(c)
@@ -201,7 +194,7 @@ def test_connection_lost_fails_pending_but_keeps_collected_replies() -> None:
     proto = ClientProtocol()
     a, _ = proto.send(Op.READ, b"/a\0")
     b, _ = proto.send(Op.READ, b"/b\0")
-    proto.receive_data(frame(Op.READ, a, b"A") + frame(Op.READ, b, b"B")[:10])
+    proto.receive_data(frame(Op.READ, b"A", a) + frame(Op.READ, b"B", b)[:10])
     proto.connection_lost("gone")
     assert proto.reply(a) == b"A"
     with pytest.raises(BrokenConnection, match="gone"):
@@ -250,7 +243,7 @@ def test_interleaved_replies_and_events_any_chunking(
         if slot >= 0:
             op, body = answers[slot]
             payload = body + b"\0" if op == Op.ERROR else body
-            stream += frame(op, ids[slot], payload)
+            stream += frame(op, payload, ids[slot])
         else:
             stream += event(events[-1 - slot], f"t{-1 - slot}")
     points = sorted({c for c in cuts if c < len(stream)} | {0, len(stream)})

@@ -14,9 +14,10 @@ import pytest
 
 from pyxenstored.engine import Engine, EngineConfig
 from pyxenstored.engine.audit import audit
+from pyxenstored.sim.hypervisor import MemoryHypervisor
 from pyxenstored.store import Limits, QuotaRule
-from pyxenstored.wire import Op, Packet
-from tests.enginepeer import ERROR, EVENT, FRAME, OK, Msg, Peer, args
+from pyxenstored.wire import HEADER, Op, Packet
+from tests.enginepeer import ERROR, EVENT, OK, Msg, Peer, args
 
 EXISTING = frozenset({0, 5, 6})
 RULES = [QuotaRule.AT_MOST_N, QuotaRule.BELOW_N]
@@ -28,7 +29,7 @@ class World:
     def __init__(self, rule: QuotaRule = QuotaRule.AT_MOST_N, **limits: int) -> None:
         self.engine = Engine(
             EngineConfig(limits=Limits(**limits), quota_rule=rule),
-            domain_exists=EXISTING.__contains__,
+            hypervisor=MemoryHypervisor(EXISTING),
         )
         self.dom0 = Peer(self.engine, self.engine.connect_socket())
 
@@ -69,22 +70,22 @@ def test_reply_bytes_copy_req_and_tx_id(world: World) -> None:
     world.dom0.write_ok("/a", b"hello")
     conn = world.dom0.conn
     world.engine.handle(conn, Packet(Op.READ, 0xDEADBEEF, 0, b"/a\0"))
-    assert conn.take_output() == [FRAME.pack(2, 0xDEADBEEF, 0, 5) + b"hello"]
+    assert conn.take_output() == [HEADER.pack(2, 0xDEADBEEF, 0, 5) + b"hello"]
     world.engine.handle(conn, Packet(Op.READ, 9, 0, b"/nope\0"))
-    assert conn.take_output() == [FRAME.pack(16, 9, 0, 7) + b"ENOENT\0"]
+    assert conn.take_output() == [HEADER.pack(16, 9, 0, 7) + b"ENOENT\0"]
     world.engine.handle(conn, Packet(Op.READ, 10, 77, b"/a\0"))
-    assert conn.take_output() == [FRAME.pack(16, 10, 77, 7) + b"ENOENT\0"]
+    assert conn.take_output() == [HEADER.pack(16, 10, 77, 7) + b"ENOENT\0"]
     tx = world.dom0.start()
     world.engine.handle(conn, Packet(Op.WRITE, 11, tx, b"/a\0x"))
-    assert conn.take_output() == [FRAME.pack(11, 11, tx, 3) + b"OK\0"]
+    assert conn.take_output() == [HEADER.pack(11, 11, tx, 3) + b"OK\0"]
 
 
 def test_watch_event_bytes(world: World) -> None:
     conn = world.dom0.conn
     world.engine.handle(conn, Packet(Op.WATCH, 5, 0, b"/w\0tok\0"))
     assert conn.take_output() == [
-        FRAME.pack(4, 5, 0, 3) + b"OK\0",
-        FRAME.pack(15, 0, 0, 7) + b"/w\0tok\0",
+        HEADER.pack(4, 5, 0, 3) + b"OK\0",
+        HEADER.pack(15, 0, 0, 7) + b"/w\0tok\0",
     ]
 
 

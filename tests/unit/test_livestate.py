@@ -48,14 +48,16 @@ from pyxenstored.migration.xsstate import (
     encode_state,
 )
 from pyxenstored.perms import Access, Perm, Perms
+from pyxenstored.sim.hypervisor import MemoryHypervisor
 from pyxenstored.store import Limits
 from pyxenstored.store.node import Node, node_bytes
 from pyxenstored.store.tree import Store
-from pyxenstored.wire import Op, Packet
+from pyxenstored.wire import HEADER, Op, Packet
 from pyxenstored.wire.ops import ServerFeature
 from pyxenstored.wire.ring import Ring
-from tests.enginepeer import EVENT, FRAME, OK, Msg, Peer, args
-from tests.unit.test_ring_session import Guest
+from tests.enginepeer import EVENT, OK, Msg, Peer, args
+from tests.unit.test_ring_session import DOMID, Guest
+from tests.wiretools import frame
 
 #: Domains the stand-in hypervisor says exist; 9 and 12 do not.
 EXISTING = frozenset({0, 5, 6, 7})
@@ -68,7 +70,7 @@ SPECIALS = ("@releaseDomain", "@introduceDomain")
 
 def new_engine(**limits: int) -> Engine:
     return Engine(
-        EngineConfig(limits=Limits(**limits)), domain_exists=EXISTING.__contains__
+        EngineConfig(limits=Limits(**limits)), hypervisor=MemoryHypervisor(EXISTING)
     )
 
 
@@ -109,7 +111,7 @@ def live_update(engine: Engine, ios: Sequence[ConnIO] | None = None) -> Updated:
         ios = [io_of(conn) for conn in engine.connections.values()]
     version, records = capture(engine, ios, socket_fd=3, evtchn_fd=4)
     stream = decode_state(encode_state(records, version))
-    fresh = Engine(engine.config, domain_exists=EXISTING.__contains__)
+    fresh = Engine(engine.config, hypervisor=MemoryHypervisor(EXISTING))
     return Updated(version, records, stream, fresh, restore(fresh, stream))
 
 
@@ -243,7 +245,7 @@ def test_round_trip_restores_connections_watches_and_descriptors() -> None:
     originals = list(engine.connections.values())
     ios = [io_of(conn) for conn in originals]
     ios[0].in_data = b"\x02\0\0\0partial"
-    ios[0].out_data = b"rest-of-a-reply" + FRAME.pack(Op.WRITE, 7, 0, 3) + OK
+    ios[0].out_data = b"rest-of-a-reply" + HEADER.pack(Op.WRITE, 7, 0, 3) + OK
     ios[0].out_resp_len = len(b"rest-of-a-reply")
     after = live_update(engine, ios)
     new, restored = after.engine, after.restored
@@ -931,10 +933,6 @@ def test_closing_the_session_connection_ends_it(session: Session) -> None:
 VALUE = b"x" * 600
 
 
-def _frame(op: int, req: int, payload: bytes, tx: int = 0) -> bytes:
-    return FRAME.pack(op, req, tx, len(payload)) + payload
-
-
 def _guest_reads(g: Guest) -> bytes:
     """Every byte the guest can read, letting the session write between reads."""
     stream = b""
@@ -975,17 +973,17 @@ def _stop_mid_stream(parked: bool) -> Cut:
     queued: list[bytes] = []
     if parked:
         queued = [
-            _frame(Op.TRANSACTION_START, 20, b"\0"),
-            _frame(Op.WRITE, 21, b"data2\0parked"),
+            frame(Op.TRANSACTION_START, b"\0", 20),
+            frame(Op.WRITE, b"data2\0parked", 21),
         ]
         for request in queued:
             assert g.ring.write_requests(request) == len(request)
         g.session.process()
         assert g.conn.parked is not None
         assert [
-            _frame(p.op, p.req_id, p.payload, p.tx_id) for p in g.conn.parked
+            frame(p.op, p.payload, p.req_id, p.tx_id) for p in g.conn.parked
         ] == queued
-    partial = _frame(Op.WRITE, 22, b"data2/y\0hello world")
+    partial = frame(Op.WRITE, b"data2/y\0hello world", 22)
     g.ring.write_requests(partial[:20])
     g.session.process()
     assert (first, second) == (3, 4)
@@ -994,13 +992,13 @@ def _stop_mid_stream(parked: bool) -> Cut:
 
 def _expected_stream(parked: bool) -> bytes:
     """What the guest reads, written out from the protocol, not the code."""
-    reply = _frame(Op.READ, 3, VALUE) + _frame(Op.READ, 4, VALUE)
-    event_x = _frame(EVENT, 0, b"data2/x\0w\0")
+    reply = frame(Op.READ, VALUE, 3) + frame(Op.READ, VALUE, 4)
+    event_x = frame(EVENT, b"data2/x\0w\0", 0)
     tail = b""
     if parked:
-        tail += _frame(Op.TRANSACTION_START, 20, b"1\0")
-        tail += _frame(EVENT, 0, b"data2\0w\0") + _frame(Op.WRITE, 21, OK)
-    tail += _frame(EVENT, 0, b"data2/y\0w\0") + _frame(Op.WRITE, 22, OK)
+        tail += frame(Op.TRANSACTION_START, b"1\0", 20)
+        tail += frame(EVENT, b"data2\0w\0", 0) + frame(Op.WRITE, OK, 21)
+    tail += frame(EVENT, b"data2/y\0w\0", 0) + frame(Op.WRITE, OK, 22)
     return reply + event_x + tail
 
 
@@ -1021,10 +1019,10 @@ def test_ring_io_survives_the_update(parked: bool) -> None:
     g = cut.g
     in_data, out_data, resp_len = g.session.pending_io()
     assert in_data == cut.partial[:20]
-    written = 1024 - len(_frame(Op.READ, 3, VALUE))
-    assert resp_len == len(_frame(Op.READ, 4, VALUE)) - written
+    written = 1024 - len(frame(Op.READ, VALUE, 3))
+    assert resp_len == len(frame(Op.READ, VALUE, 4)) - written
     assert out_data == (
-        _frame(Op.READ, 4, VALUE)[written:] + _frame(EVENT, 0, b"data2/x\0w\0")
+        frame(Op.READ, VALUE, 4)[written:] + frame(EVENT, b"data2/x\0w\0", 0)
     )
     ios = []
     for conn in g.engine.connections.values():
@@ -1034,7 +1032,7 @@ def test_ring_io_survives_the_update(parked: bool) -> None:
             io.out_data, io.out_resp_len = out_data, resp_len
         ios.append(io)
     version, records = capture(g.engine, ios, socket_fd=3, evtchn_fd=-1)
-    engine = Engine(EngineConfig(), domain_exists=lambda domid: True)
+    engine = Engine(EngineConfig(), hypervisor=MemoryHypervisor({0, DOMID}))
     restored = restore(engine, decode_state(encode_state(records, version)))
     ((conn, saved),) = [
         (c, r) for c, r in restored.connections if r.conn_type is ConnType.RING

@@ -14,13 +14,13 @@ import pytest
 
 from pyxenstored.engine import Engine, EngineConfig
 from pyxenstored.engine.ringsession import Quiesce, RingSession
+from pyxenstored.sim.hypervisor import MemoryHypervisor
 from pyxenstored.store import Limits
 from pyxenstored.wire import Op, Packet
-from pyxenstored.wire.packet import HEADER
 from pyxenstored.wire.ring import PAGE_SIZE, Ring, RingError
+from tests.wiretools import frame, take_message
 
 DOMID = 5
-FRAME = struct.Struct("<IIII")
 
 
 class Clock:
@@ -36,7 +36,8 @@ class Guest:
 
     def __init__(self, **limits: int) -> None:
         self.engine = Engine(
-            EngineConfig(limits=Limits(**limits)), domain_exists=lambda d: True
+            EngineConfig(limits=Limits(**limits)),
+            hypervisor=MemoryHypervisor({0, DOMID}),
         )
         dom0 = self.engine.connect_socket()
         self.engine.handle(dom0, Packet(Op.MKDIR, 1, 0, b"/local/domain/5\0"))
@@ -59,6 +60,8 @@ class Guest:
             after_request=self._flush,
         )
         self.req = 0
+        #: Reply bytes read off the ring, not yet a whole message.
+        self.unread = bytearray()
 
     def _kick(self) -> None:
         self.kicks += 1
@@ -76,23 +79,20 @@ class Guest:
 
     def send(self, op: int, payload: bytes) -> int:
         self.req += 1
-        data = _packet(op, payload, self.req)
+        data = frame(op, payload, self.req)
         assert self.ring.write_requests(data) == len(data)
         return self.req
 
     def replies(self) -> list[tuple[int, int, bytes]]:
-        """Every whole message the guest can read now: (op, req_id, payload)."""
-        data = self.ring.read_replies()
+        """Every whole message the guest can read now: (op, req_id, payload).
+
+        A message the ring holds only the start of waits for the next call.
+        """
+        self.unread += self.ring.read_replies()
         out = []
-        while data:
-            op, req, _tx, length = FRAME.unpack_from(data)
-            out.append((op, req, data[16 : 16 + length]))
-            data = data[16 + length :]
+        while (message := take_message(self.unread)) is not None:
+            out.append((message.op, message.req_id, message.payload))
         return out
-
-
-def _packet(op: int, payload: bytes, req: int) -> bytes:
-    return HEADER.pack(op, req, 0, len(payload)) + payload
 
 
 def test_requests_are_answered_and_the_guest_kicked() -> None:
@@ -106,7 +106,7 @@ def test_requests_are_answered_and_the_guest_kicked() -> None:
 
 def test_a_partial_request_waits_for_its_end() -> None:
     g = Guest()
-    data = _packet(Op.WRITE, b"data\0" + b"v" * 100, 1)
+    data = frame(Op.WRITE, b"data\0" + b"v" * 100, 1)
     g.ring.write_requests(data[:30])
     g.session.process()
     assert g.replies() == []
@@ -154,26 +154,26 @@ def test_events_expire_after_the_watch_event_timeout() -> None:
 def test_quiesce_finishes_the_partial_request_then_unmaps() -> None:
     g = Guest()
     answers: list[bool] = []
-    data = _packet(Op.WRITE, b"data\0" + b"v" * 50, 1)
+    data = frame(Op.WRITE, b"data\0" + b"v" * 50, 1)
     g.ring.write_requests(data[:20])
     g.session.process()
     g.session.begin_quiesce(answers.append, 5.0)
     assert g.session.quiesce.name == "DRAINING"
     assert answers == []
-    g.ring.write_requests(data[20:] + _packet(Op.READ, b"data\0", 2))
+    g.ring.write_requests(data[20:] + frame(Op.READ, b"data\0", 2))
     g.session.process()
     # The half-received request was served; the next one stays in the ring.
     assert g.replies() == [(Op.WRITE, 1, b"OK\0")]
     assert answers == [True]
     assert g.session.quiesce is Quiesce.QUIESCED
     assert g.unmapped == 1
-    assert g.ring.requests_pending() == len(_packet(Op.READ, b"data\0", 2))
+    assert g.ring.requests_pending() == len(frame(Op.READ, b"data\0", 2))
 
 
 def test_quiesce_that_cannot_drain_times_out_on_the_clock() -> None:
     g = Guest()
     answers: list[bool] = []
-    g.ring.write_requests(_packet(Op.WRITE, b"data\0" + b"v" * 50, 1)[:20])
+    g.ring.write_requests(frame(Op.WRITE, b"data\0" + b"v" * 50, 1)[:20])
     g.session.process()
     g.session.begin_quiesce(answers.append, 5.0)
     g.clock.now += 4.9

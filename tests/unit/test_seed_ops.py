@@ -2,23 +2,23 @@
 
 MIGRATION.md a.3 to a.6 with c.7, c.11, c.12, c.13 and c.17, at the level
 of the engine: a real :class:`Engine` gets framed requests and the exact
-messages it queues on each connection are checked.  The hypervisor is an
-in-memory stand-in implementing the engine's ``Hypervisor`` interface
-(which domains exist, which rings are attached, and QUIESCE draining on
-the test's command); the ring side of QUIESCE is tested against the real
+messages it queues on each connection are checked.  The hypervisor is
+:class:`~pyxenstored.sim.hypervisor.MemoryHypervisor`, the in-memory
+stand-in implementing the engine's ``Hypervisor`` interface (which domains
+exist, which rings are attached, and QUIESCE draining on the test's
+command); the ring side of QUIESCE is tested against the real
 daemon in ``tests/integration/test_migration.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from pyxenstored.engine import Connection, Engine, EngineConfig
+from pyxenstored.engine import Engine, EngineConfig
 from pyxenstored.engine.audit import audit
-from pyxenstored.engine.domains import DomainState
-from pyxenstored.errors import NoEntry
+from pyxenstored.sim.hypervisor import MemoryHypervisor
 from pyxenstored.store import Limits
 from pyxenstored.wire import Op
 from tests.enginepeer import ERROR, OK, Msg, Peer, args
@@ -26,75 +26,6 @@ from tests.enginepeer import ERROR, OK, Msg, Peer, args
 DOMID = 5
 HOME = f"/local/domain/{DOMID}"
 SEED_OPS = [Op.QUIESCE, Op.ADD_DOMAIN_WATCHES, Op.GET_DOMAIN_WATCHES]
-
-
-# -- the stand-in hypervisor ---------------------------------------------------
-
-
-class MemoryHypervisor:
-    """Domains and rings as dictionaries; QUIESCE drains when told to."""
-
-    def __init__(self) -> None:
-        self.states: dict[int, DomainState] = {}
-        #: domid -> (gfn, remote port, features) of attached rings.
-        self.attached: dict[int, tuple[int, int, int]] = {}
-        self.quiesced: set[int] = set()
-        #: QUIESCE callbacks waiting for the ring to drain, by domid.
-        self.draining: dict[int, list[Callable[[bool], None]]] = {}
-        #: Drain at once (an idle ring) or wait for :meth:`drained`.
-        self.idle = True
-        self.calls: list[tuple[str, int]] = []
-
-    def domain_state(self, domid: int) -> DomainState:
-        return (
-            DomainState.RUNNING
-            if domid == 0
-            else self.states.get(domid, DomainState.GONE)
-        )
-
-    def attach(
-        self, conn: Connection, gfn: int, remote_port: int, features: int
-    ) -> None:
-        if self.domain_state(conn.domid) is not DomainState.RUNNING:
-            raise NoEntry("no ring page")
-        self.attached[conn.domid] = (gfn, remote_port, features)
-        self.calls.append(("attach", conn.domid))
-
-    def rebind(self, conn: Connection, remote_port: int) -> None:
-        self.calls.append(("rebind", conn.domid))
-
-    def reset(self, conn: Connection) -> None:
-        self.calls.append(("reset", conn.domid))
-
-    def detach(self, conn: Connection) -> None:
-        self.attached.pop(conn.domid, None)
-        self.quiesced.discard(conn.domid)
-        self.draining.pop(conn.domid, None)
-        self.calls.append(("detach", conn.domid))
-
-    def quiesce(self, conn: Connection, done: Callable[[bool], None]) -> None:
-        self.calls.append(("quiesce", conn.domid))
-        if conn.domid in self.quiesced or self.idle:
-            self.quiesced.add(conn.domid)
-            done(True)
-        else:
-            self.draining.setdefault(conn.domid, []).append(done)
-
-    def drained(self, domid: int, ok: bool = True) -> None:
-        """The ring drained (``ok``) or the QUIESCE timeout expired."""
-        if ok:
-            self.quiesced.add(domid)
-        for done in self.draining.pop(domid, []):
-            done(ok)
-
-    def is_quiesced(self, conn: Connection) -> bool:
-        return conn.domid in self.quiesced or conn.domid in self.draining
-
-    def resume(self, conn: Connection, remote_port: int) -> None:
-        self.quiesced.discard(conn.domid)
-        for done in self.draining.pop(conn.domid, []):
-            done(False)
-        self.calls.append(("resume", conn.domid))
 
 
 # -- peers ---------------------------------------------------------------------
@@ -105,13 +36,12 @@ class Host:
 
     def __init__(self, **limits: int) -> None:
         self.hv = MemoryHypervisor()
-        self.engine = Engine(EngineConfig(limits=Limits(**limits)))
-        self.engine.domains.hypervisor = self.hv
+        self.engine = Engine(EngineConfig(limits=Limits(**limits)), hypervisor=self.hv)
         self.dom0 = Peer(self.engine, self.engine.connect_socket())
 
     def create(self, domid: int = DOMID) -> None:
         """The domain exists in the hypervisor; dom0 gives it its home."""
-        self.hv.states[domid] = DomainState.RUNNING
+        self.hv.create_domain(domid)
         home = f"/local/domain/{domid}"
         assert self.dom0.ok(Op.MKDIR, home) == OK
         assert self.dom0.ok(Op.SET_PERMS, home, f"n{domid}") == OK
@@ -321,10 +251,10 @@ def test_add_before_introduce_is_staged(host: Host) -> None:
 def test_staged_watches_go_with_a_domain_that_dies(host: Host) -> None:
     host.create()
     assert host.add(DOMID, "data", "rel").payload == OK
-    host.hv.states[DOMID] = DomainState.DYING
+    host.hv.kill_domain(DOMID)
     host.engine.check_domains()
     assert host.dom0.err(Op.GET_DOMAIN_WATCHES, str(DOMID), "0") == "ENOENT"
-    host.hv.states[DOMID] = DomainState.RUNNING
+    host.hv.create_domain(DOMID)
     guest = host.introduce()
     assert guest.events() == []
     assert host.all_watches() == []
@@ -335,7 +265,7 @@ def test_add_for_a_domain_that_does_not_exist(host: Host) -> None:
     assert host.add(9, "data", "t").op == ERROR
     assert host.dom0.err(Op.ADD_DOMAIN_WATCHES, "9", "data", "t") == "ENOENT"
     assert host.dom0.err(Op.ADD_DOMAIN_WATCHES, "9") == "ENOENT"
-    host.hv.states[9] = DomainState.DYING
+    host.hv.kill_domain(9)
     assert host.dom0.err(Op.ADD_DOMAIN_WATCHES, "9", "data", "t") == "ENOENT"
     assert host.dom0.err(Op.GET_DOMAIN_WATCHES, "9", "0") == "ENOENT"
 

@@ -29,7 +29,6 @@ failed must have left every node, generation included, untouched.
 from __future__ import annotations
 
 import copy
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,10 +44,10 @@ from hypothesis.stateful import (
 
 from pyxenstored.engine import Connection, Engine, EngineConfig
 from pyxenstored.engine.audit import audit
+from pyxenstored.sim.hypervisor import MemoryHypervisor
 from pyxenstored.store import Limits, QuotaRule
-from pyxenstored.wire import Op, Packet
+from pyxenstored.wire import HEADER, Op, Packet
 
-FRAME = struct.Struct("<IIII")
 ERROR = 16
 #: Domains the hypervisor stand-in says exist; 7 names a missing domain.
 EXISTING = frozenset({0, 5, 6})
@@ -363,7 +362,7 @@ def request(
     out = conn.take_output()
     engine.take_pending()
     assert len(out) == 1, out  # no watches: exactly one reply
-    rop, req, rtx, length = FRAME.unpack_from(out[0])
+    rop, req, rtx, length = HEADER.unpack_from(out[0])
     assert (req, rtx, len(out[0])) == (1, tx, 16 + length)
     return rop, out[0][16:]
 
@@ -411,7 +410,7 @@ class StoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.engine = Engine(
             EngineConfig(limits=Limits(nodes=NODE_QUOTA), quota_rule=self.rule_),
-            domain_exists=EXISTING.__contains__,
+            hypervisor=MemoryHypervisor(EXISTING),
         )
         self.conns = {
             a.name: (

@@ -6,14 +6,13 @@ PROTOCOL.md 1.1 (header layout, PAYLOAD_MAX in both directions) and 1.3
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyxenstored.errors import InvalidArgument, LocalProtocolError, RemoteProtocolError
 from pyxenstored.wire import (
+    HEADER,
     HEADER_SIZE,
     NEED_DATA,
     PAYLOAD_MAX,
@@ -24,8 +23,6 @@ from pyxenstored.wire import (
 )
 from pyxenstored.wire.payload import join_args, one_arg, split_args, split_value
 
-#: The header as PROTOCOL.md 1.1 spells it, kept apart from the code's own.
-SPEC_HEADER = struct.Struct("<IIII")
 U32 = st.integers(0, 2**32 - 1)
 
 packets = st.builds(
@@ -62,11 +59,13 @@ def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 def test_header_layout_is_four_little_endian_u32() -> None:
+    """PROTOCOL.md 1.1 in literal bytes: the other tests frame with HEADER."""
     wire = encode_packet(Op.READ, 0x01020304, 0x0A0B0C0D, b"/a\0")
     assert wire == (
         b"\x02\x00\x00\x00\x04\x03\x02\x01\x0d\x0c\x0b\x0a\x03\x00\x00\x00/a\0"
     )
-    assert HEADER_SIZE == 16
+    assert HEADER.unpack(wire[:16]) == (Op.READ, 0x01020304, 0x0A0B0C0D, 3)
+    assert HEADER_SIZE == HEADER.size == 16
 
 
 def test_largest_payload_is_accepted_and_one_more_refused() -> None:
@@ -104,7 +103,7 @@ def test_byte_at_a_time(packet: Packet) -> None:
 
 
 def _header(op: int, length: int) -> bytes:
-    return SPEC_HEADER.pack(op, 7, 0, length)
+    return HEADER.pack(op, 7, 0, length)
 
 
 #: Byte streams that look like traffic: headers with small or huge lengths,
@@ -140,11 +139,11 @@ def test_arbitrary_bytes_give_packets_or_remote_protocol_error(
     rest = data[len(consumed) :]
     if failed:
         # Only a header announcing more than PAYLOAD_MAX ends the stream.
-        assert SPEC_HEADER.unpack_from(rest)[3] > PAYLOAD_MAX
+        assert HEADER.unpack_from(rest)[3] > PAYLOAD_MAX
     else:
         assert decoder.buffered == len(rest)
         if len(rest) >= 16:
-            length = SPEC_HEADER.unpack_from(rest)[3]
+            length = HEADER.unpack_from(rest)[3]
             assert length <= PAYLOAD_MAX
             assert len(rest) < 16 + length
 
@@ -152,7 +151,7 @@ def test_arbitrary_bytes_give_packets_or_remote_protocol_error(
 @pytest.mark.parametrize("length", [4097, 5000, 65536, 2**32 - 1])
 def test_oversized_header_is_refused_before_the_body_arrives(length: int) -> None:
     decoder = PacketDecoder()
-    decoder.receive_data(SPEC_HEADER.pack(Op.WRITE, 1, 0, length))
+    decoder.receive_data(HEADER.pack(Op.WRITE, 1, 0, length))
     # Nothing of the body has been sent: the header alone is enough.
     with pytest.raises(RemoteProtocolError):
         decoder.next_packet()
@@ -162,7 +161,7 @@ def test_oversized_header_is_refused_before_the_body_arrives(length: int) -> Non
 def test_oversized_header_after_a_good_packet() -> None:
     decoder = PacketDecoder()
     good = Packet(Op.READ, 1, 0, b"/a\0")
-    decoder.receive_data(encode_packet(*good) + SPEC_HEADER.pack(Op.READ, 2, 0, 4097))
+    decoder.receive_data(encode_packet(*good) + HEADER.pack(Op.READ, 2, 0, 4097))
     assert decoder.next_packet() == good
     with pytest.raises(RemoteProtocolError):
         decoder.next_packet()
@@ -170,7 +169,7 @@ def test_oversized_header_after_a_good_packet() -> None:
 
 def test_header_at_the_limit_waits_for_its_body() -> None:
     decoder = PacketDecoder()
-    decoder.receive_data(SPEC_HEADER.pack(Op.WRITE, 1, 0, PAYLOAD_MAX))
+    decoder.receive_data(HEADER.pack(Op.WRITE, 1, 0, PAYLOAD_MAX))
     assert decoder.next_packet() is NEED_DATA
     decoder.receive_data(b"z" * (PAYLOAD_MAX - 1))
     assert decoder.next_packet() is NEED_DATA

@@ -11,6 +11,7 @@ import re
 import sys
 
 from pyxenstored.errors import XenstoreError, XsError
+from pyxenstored.wire.payload import ENCODING
 
 __all__ = [
     "CliExit",
@@ -115,7 +116,7 @@ def atoi(text: str) -> int:
 
 def path_arg(arg: str) -> str:
     """A command-line path as the protocol ``str`` (its original bytes)."""
-    return os.fsencode(arg).decode("latin-1")
+    return os.fsencode(arg).decode(ENCODING)
 
 
 def why(exc: XenstoreError) -> str:

@@ -8,6 +8,7 @@ import time
 
 from pyxenstored.cli.common import CliExit, atoi, stdout
 from pyxenstored.client import Client
+from pyxenstored.client.commands import parse_string
 from pyxenstored.errors import InvalidArgument, XsError
 
 __all__ = ["control"]
@@ -23,7 +24,7 @@ def control(client: Client, args: list[str]) -> int:
             print(f"Error {exc.errno} when trying to execute command.", file=sys.stderr)
             return 3
         try:
-            help_text = client.control("help").split(b"\0", 1)[0].decode("latin-1")
+            help_text = parse_string(client.control("help"))
         except XsError:
             print("Error when executing command.", file=sys.stderr)
             return 3
@@ -39,7 +40,7 @@ def control(client: Client, args: list[str]) -> int:
 
 def _lu_step(client: Client, *args: str) -> str:
     try:
-        return client.control("live-update", *args).split(b"\0", 1)[0].decode("latin-1")
+        return parse_string(client.control("live-update", *args))
     except XsError as exc:
         return os.strerror(exc.errno)
 

@@ -45,6 +45,7 @@ from pyxenstored.migration.stream import (
     encode_stream,
 )
 from pyxenstored.migration.xsstate import StateStreamError, decode_state, describe_state
+from pyxenstored.wire.payload import ENCODING
 
 __all__ = ["migrate"]
 
@@ -211,7 +212,7 @@ def _show(args: argparse.Namespace) -> int:
                 details.append((index, f"INVALID: {error.reason}"))
                 continue
             if isinstance(sub, NodeData):
-                value = sub.value.decode("latin-1")
+                value = sub.value.decode(ENCODING)
                 text = (
                     f'node {sub.path or "(home)"} = "{value}" ({",".join(sub.perms)})'
                 )

@@ -24,6 +24,7 @@ from pyxenstored.cli.common import (
 )
 from pyxenstored.client import Client
 from pyxenstored.errors import NoEntry, TransactionConflict, XsError
+from pyxenstored.wire.payload import ENCODING
 
 __all__ = ["MODES", "PERFORM", "Job", "Mode", "run"]
 
@@ -139,7 +140,7 @@ def _list(job: Job, tx: int, out: bytearray) -> int:
         for name in names:
             if "p" in job.flags:  # 4.17 prints "//name" for "/"
                 out += os.fsencode(key) + b"/"
-            out += name.encode("latin-1") + b"\n"
+            out += name.encode(ENCODING) + b"\n"
     return 0
 
 
@@ -172,10 +173,10 @@ def _ls_node(
     for name in names:
         child = path + ("" if path.endswith("/") else "/") + name
         if "f" in job.flags:
-            out += child.encode("latin-1")
+            out += child.encode(ENCODING)
             linewid = 0
         else:
-            shown = name.encode("latin-1")
+            shown = name.encode(ENCODING)
             room = max_width - TAG_LEN - depth
             shown = shown[:room] if room >= 0 else shown  # C: negative precision
             out += b" " * depth + shown
@@ -259,7 +260,7 @@ def _watch(job: Job, tx: int, out: bytearray) -> int:
     count = 0
     while limit == -1 or count < limit:
         event = job.client.wait_watch()
-        stdout(event.path.encode("latin-1") + b"\n")
+        stdout(event.path.encode(ENCODING) + b"\n")
         count += 1
     return 0
 

@@ -22,14 +22,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from pyxenstored import __version__
+from pyxenstored import __version__, rundir
 from pyxenstored.engine.engine import Engine, EngineConfig
 from pyxenstored.engine.livestate import Restored, RestoreError, cold_start, restore
 from pyxenstored.errors import InvalidArgument
 from pyxenstored.migration.xsstate import ConnType
 from pyxenstored.server import startup
 from pyxenstored.server.backends import BACKENDS, make_platform
-from pyxenstored.server.config import Config, default_socket_path
+from pyxenstored.server.config import Config
 from pyxenstored.server.daemon import Daemon, SocketInUse
 from pyxenstored.server.guests import Platform
 from pyxenstored.server.liveupdate import STATE_FILE, StateUnreadable, load_state
@@ -279,7 +279,7 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] = ()) -> Conf
         limits=_limits(args),
         quota_rule=QuotaRule(args.quota_rule),
     )
-    socket_path = args.socket or default_socket_path()
+    socket_path = args.socket or rundir.socket_path()
     return Config(
         socket_path=socket_path,
         # C writes its live-update state in $XENSTORED_RUNDIR; without it,

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from pyxenstored.client import commands
-from pyxenstored.client.commands import Flow, Request
+from pyxenstored.client.commands import Flow, FlowDriver, Request
 from pyxenstored.client.protocol import NEED_DATA, ClientProtocol, WatchEvent
 from pyxenstored.client.transport import AsyncTransport, AsyncUnixTransport
 from pyxenstored.errors import (
@@ -107,7 +107,8 @@ class AsyncClient:
                     waiter.set_result(None)
             self._events_changed.set()
 
-    async def _roundtrip(self, request: Request, tx: int) -> bytes:
+    async def _exchange(self, request: Request, tx: int) -> bytes | XsError:
+        """Send one request; its reply, or the error the daemon answered."""
         await self.connect()
         assert self._transport is not None
         req_id, data = self._protocol.send(request.op, request.payload, tx)
@@ -124,7 +125,7 @@ class AsyncClient:
         if self._closed:
             self._protocol.forget(req_id)
             raise ConnectionClosed("client closed")
-        reply = self._protocol.reply(req_id)
+        reply = self._protocol.outcome(req_id)
         if reply is NEED_DATA:  # the reader only wakes us when it is in
             raise LocalProtocolError(f"woken without a reply to {req_id}")
         return reply
@@ -147,16 +148,11 @@ class AsyncClient:
             return []
         await self.connect()
         assert self._transport is not None
-        ids = []
-        chunks = []
-        for request in requests:
-            req_id, data = self._protocol.send(request.op, request.payload, tx)
-            ids.append(req_id)
-            chunks.append(data)
+        ids, data = self._protocol.send_many(requests, tx)
         waiter = asyncio.get_running_loop().create_future()
         self._waiters[ids[-1]] = waiter
         try:
-            await self._transport.send_all(b"".join(chunks))
+            await self._transport.send_all(data)
             await waiter
         except BaseException:
             for req_id in ids:
@@ -166,30 +162,18 @@ class AsyncClient:
             del self._waiters[ids[-1]]
         results: list[bytes | XsError] = []
         for req_id in ids:
-            try:
-                reply = self._protocol.reply(req_id)
-            except XsError as exc:
-                results.append(exc)
-                continue
-            if reply is NEED_DATA:
+            result = self._protocol.outcome(req_id)
+            if result is NEED_DATA:
                 raise LocalProtocolError(f"no reply to {req_id} in order")
-            results.append(reply)
+            results.append(result)
         return results
 
     async def _run(self, flow: Flow[T], tx: int = 0) -> T:
         """Drive a command flow: send what it yields, feed it the replies."""
-        try:
-            request = next(flow)
-            while True:
-                try:
-                    reply = await self._roundtrip(request, tx)
-                except XsError as exc:
-                    request = flow.throw(exc)
-                else:
-                    request = flow.send(reply)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
+        driver = FlowDriver(flow)
+        while (request := driver.request) is not None:
+            driver.feed(await self._exchange(request, tx))
+        return driver.result
 
     # -- nodes --
 

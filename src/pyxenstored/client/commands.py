@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator, Iterable
-from typing import NamedTuple, TypeVar
+from typing import Generic, NamedTuple, TypeVar, cast
 
 from pyxenstored.errors import (
     InvalidArgument,
@@ -26,12 +26,15 @@ from pyxenstored.errors import (
     NotSupported,
     RemoteProtocolError,
     TooBig,
+    XsError,
 )
 from pyxenstored.perms import Access, Perm
 from pyxenstored.wire.ops import Op
+from pyxenstored.wire.payload import ENCODING, join_args, parse_unsigned, split_args
 
 __all__ = [
     "Flow",
+    "FlowDriver",
     "Request",
     "add_domain_watches",
     "control",
@@ -69,7 +72,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-_ENCODING = "latin-1"
 
 
 class Request(NamedTuple):
@@ -83,6 +85,51 @@ class Request(NamedTuple):
 Flow = Generator[Request, bytes, T]
 
 
+class FlowDriver(Generic[T]):
+    """Steps a flow for a client: the request it wants next, then its result.
+
+    Both clients drive flows with it, each with its own round trip (one
+    blocking, one awaited)::
+
+        driver = FlowDriver(flow)
+        while (request := driver.request) is not None:
+            driver.feed(exchange(request))  # the reply, or the XsError
+        return driver.result
+    """
+
+    __slots__ = ("_flow", "_result", "request")
+
+    def __init__(self, flow: Flow[T]) -> None:
+        self._flow = flow
+        self._result: T | None = None
+        #: The request to send next; None once the flow has returned.
+        self.request: Request | None = None
+        self._step(None)
+
+    def feed(self, outcome: bytes | XsError) -> None:
+        """Give the flow the reply to :attr:`request`, or its error reply
+        (raised inside the flow, which may catch it)."""
+        self._step(outcome)
+
+    @property
+    def result(self) -> T:
+        """What the flow returned (once :attr:`request` is None)."""
+        return cast(T, self._result)
+
+    def _step(self, outcome: bytes | XsError | None) -> None:
+        flow = self._flow
+        try:
+            if outcome is None:
+                self.request = next(flow)
+            elif isinstance(outcome, XsError):
+                self.request = flow.throw(outcome)
+            else:
+                self.request = flow.send(outcome)
+        except StopIteration as stop:
+            self.request = None
+            self._result = stop.value
+
+
 # -- encoding and parsing --
 
 
@@ -93,30 +140,26 @@ def encode_args(*args: str) -> bytes:
         InvalidArgument: an argument contains a NUL (it would split into two
             arguments on the wire) or a character outside Latin-1.
     """
-    out = bytearray()
     for arg in args:
         if "\0" in arg:
             raise InvalidArgument(f"NUL in argument {arg!r}")
-        try:
-            out += arg.encode(_ENCODING)
-        except UnicodeEncodeError:
-            raise InvalidArgument(f"argument {arg!r} is not Latin-1") from None
-        out += b"\0"
-    return bytes(out)
+    try:
+        return join_args(*args)
+    except UnicodeEncodeError as error:
+        raise InvalidArgument(f"argument {error.object!r} is not Latin-1") from None
 
 
 def parse_strings(payload: bytes) -> list[str]:
-    """A reply made of NUL-terminated strings (DIRECTORY, GET_PERMS)."""
-    if not payload:
-        return []
-    if payload.endswith(b"\0"):
-        payload = payload[:-1]
-    return payload.decode(_ENCODING).split("\0")
+    """A reply made of NUL-terminated strings (DIRECTORY, GET_PERMS); the
+    last NUL may be missing."""
+    if payload and payload[-1] != 0:
+        payload += b"\0"
+    return split_args(payload)
 
 
 def parse_string(payload: bytes) -> str:
     """A reply holding one string, with or without its terminating NUL."""
-    return payload.split(b"\0", 1)[0].decode(_ENCODING)
+    return payload.split(b"\0", 1)[0].decode(ENCODING)
 
 
 def parse_int(payload: bytes) -> int:
@@ -125,10 +168,10 @@ def parse_int(payload: bytes) -> int:
     Raises:
         RemoteProtocolError: it is not a decimal number.
     """
-    text = parse_string(payload)
-    if not text.isascii() or not text.isdigit():
-        raise RemoteProtocolError(f"expected a number, got {payload!r}")
-    return int(text)
+    try:
+        return parse_unsigned(parse_string(payload))
+    except InvalidArgument:
+        raise RemoteProtocolError(f"expected a number, got {payload!r}") from None
 
 
 _PERM = re.compile(r"([nrwb])(-?[0-9]+)")

@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 
 from pyxenstored.client.aio import AsyncClient
 from pyxenstored.client.commands import Request, encode_args, parse_perms, parse_strings
-from pyxenstored.errors import NoEntry, TooBig, TransactionConflict, XsError
+from pyxenstored.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NoEntry,
+    TooBig,
+    TransactionConflict,
+    XsError,
+)
 from pyxenstored.migration.records import NodeData, WatchData
 from pyxenstored.migration.snapshot import DomainData, absolute, relative, watch_batches
 from pyxenstored.paths import domain_home
@@ -244,14 +251,14 @@ async def restore_domain(
     """
     domid = data.domid
     if await client.is_domain_introduced(domid):
-        raise XsError.from_code("EEXIST", f"domain {domid} is already introduced")
+        raise AlreadyExists(f"domain {domid} is already introduced")
     try:
         await client.get_domain_watches(domid, 0)
     except NoEntry:
         pass
     else:
         # A second restore would add every watch twice (MIGRATION.md c.17).
-        raise XsError.from_code("EEXIST", f"domain {domid} was already restored")
+        raise AlreadyExists(f"domain {domid} was already restored")
     perms = await _applicable_perms(client, data)
 
     async def write_nodes(tx: int) -> None:
@@ -310,8 +317,8 @@ async def resume_domain(
                 int(await client.read(f"{home}/store/port")) if port is None else port
             )
         except (NoEntry, ValueError) as error:
-            raise XsError.from_code(
-                "EINVAL", f"give --gfn and --port: cannot read {home}/store ({error})"
+            raise InvalidArgument(
+                f"give --gfn and --port: cannot read {home}/store ({error})"
             ) from None
     await client.introduce(domid, gfn, port)
 

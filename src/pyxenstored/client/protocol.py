@@ -33,6 +33,7 @@ for good: after it the byte stream has no known message boundary.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from pyxenstored.errors import (
@@ -45,11 +46,11 @@ from pyxenstored.errors import (
 from pyxenstored.wire.decoder import NEED_DATA, PacketDecoder, _Need
 from pyxenstored.wire.ops import PAYLOAD_MAX, Op, WatchField
 from pyxenstored.wire.packet import Packet, encode_packet
+from pyxenstored.wire.payload import ENCODING
 
 __all__ = ["NEED_DATA", "ClientProtocol", "WatchEvent", "error_from_payload"]
 
 _ID_SPACE = 1 << 32
-_ENCODING = "latin-1"
 
 
 class WatchEvent(NamedTuple):
@@ -82,8 +83,8 @@ def parse_event(payload: bytes) -> WatchEvent:
     if len(fields) < 3:
         raise RemoteProtocolError(f"malformed watch event {payload!r}")
     return WatchEvent(
-        fields[WatchField.PATH].decode(_ENCODING),
-        fields[WatchField.TOKEN].decode(_ENCODING),
+        fields[WatchField.PATH].decode(ENCODING),
+        fields[WatchField.TOKEN].decode(ENCODING),
     )
 
 
@@ -138,6 +139,25 @@ class ClientProtocol:
         data = encode_packet(op, req_id, tx_id, payload)
         self._pending[req_id] = op
         return req_id, data
+
+    def send_many(
+        self, requests: Iterable[tuple[int, bytes]], tx_id: int = 0
+    ) -> tuple[list[int], bytes]:
+        """Frame ``(op, payload)`` requests to be written at once (a pipeline).
+
+        Returns:
+            Their ``req_id``\\ s, in order, and the bytes of them all.
+
+        Raises:
+            TooBig, BrokenConnection: as :meth:`send`.
+        """
+        ids = []
+        chunks = []
+        for op, payload in requests:
+            req_id, data = self.send(op, payload, tx_id)
+            ids.append(req_id)
+            chunks.append(data)
+        return ids, b"".join(chunks)
 
     def _allocate(self) -> int:
         # Skip 0 (the id of watch events) and ids still in use; wrap at 2^32.
@@ -219,6 +239,14 @@ class ClientProtocol:
         if packet.op == Op.ERROR:
             raise error_from_payload(packet.payload)
         return packet.payload
+
+    def outcome(self, req_id: int) -> bytes | XsError | _Need:
+        """:meth:`reply`, with the server's :class:`~pyxenstored.errors.XsError`
+        returned rather than raised (a pipeline's replies)."""
+        try:
+            return self.reply(req_id)
+        except XsError as error:
+            return error
 
     def next_event(self) -> WatchEvent | _Need:
         """The oldest queued watch event, or :data:`NEED_DATA`."""

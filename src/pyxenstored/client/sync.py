@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from pyxenstored.client import commands
-from pyxenstored.client.commands import Flow, Request
+from pyxenstored.client.commands import Flow, FlowDriver, Request
 from pyxenstored.client.protocol import NEED_DATA, ClientProtocol, WatchEvent
 from pyxenstored.client.transport import Transport, open_transport
 from pyxenstored.errors import (
@@ -67,13 +67,14 @@ class Client:
         else:
             self._protocol.connection_lost("xenstored closed the connection")
 
-    def _roundtrip(self, request: Request, tx: int) -> bytes:
+    def _exchange(self, request: Request, tx: int) -> bytes | XsError:
+        """Send one request; its reply, or the error the daemon answered."""
         if self._closed:
             raise ConnectionClosed("client closed")
         req_id, data = self._protocol.send(request.op, request.payload, tx)
         try:
             self._transport.send_all(data)
-            while (reply := self._protocol.reply(req_id)) is NEED_DATA:
+            while (reply := self._protocol.outcome(req_id)) is NEED_DATA:
                 self._receive()
         except BaseException:
             # Interrupted or failed: a late reply must not linger.
@@ -95,27 +96,14 @@ class Client:
         """
         if self._closed:
             raise ConnectionClosed("client closed")
-        ids = []
-        chunks = []
-        for request in requests:
-            req_id, data = self._protocol.send(request.op, request.payload, tx)
-            ids.append(req_id)
-            chunks.append(data)
+        ids, data = self._protocol.send_many(requests, tx)
         results: list[bytes | XsError] = []
         try:
-            self._transport.send_all(b"".join(chunks))
+            self._transport.send_all(data)
             for req_id in ids:
-                while True:
-                    try:
-                        reply = self._protocol.reply(req_id)
-                    except XsError as exc:
-                        results.append(exc)
-                        break
-                    if reply is NEED_DATA:
-                        self._receive()
-                        continue
-                    results.append(reply)
-                    break
+                while (result := self._protocol.outcome(req_id)) is NEED_DATA:
+                    self._receive()
+                results.append(result)
         except BaseException:
             for req_id in ids[len(results) :]:
                 self._protocol.forget(req_id)
@@ -124,18 +112,10 @@ class Client:
 
     def _run(self, flow: Flow[T], tx: int = 0) -> T:
         """Drive a command flow: send what it yields, feed it the replies."""
-        try:
-            request = next(flow)
-            while True:
-                try:
-                    reply = self._roundtrip(request, tx)
-                except XsError as exc:
-                    request = flow.throw(exc)
-                else:
-                    request = flow.send(reply)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
+        driver = FlowDriver(flow)
+        while (request := driver.request) is not None:
+            driver.feed(self._exchange(request, tx))
+        return driver.result
 
     # -- nodes --
 

@@ -35,10 +35,10 @@ import os
 import select
 import socket
 import stat
-from collections.abc import Mapping
 from typing import Protocol
 
 from pyxenstored.errors import BrokenConnection, ConnectionClosed
+from pyxenstored.rundir import socket_path
 
 __all__ = [
     "AsyncTransport",
@@ -52,7 +52,6 @@ __all__ = [
 
 #: Bytes asked for per read: a whole largest message and then some.
 CHUNK = 65536
-DEFAULT_RUNDIR = "/var/run/xenstored"
 #: libxenstore's fallbacks when no socket can be used (Linux names).
 XENBUS_DEVICES = ("/dev/xen/xenbus", "/proc/xen/xenbus")
 
@@ -77,16 +76,6 @@ class AsyncTransport(Protocol):
     async def receive_some(self, max_bytes: int = CHUNK) -> bytes: ...
 
     async def aclose(self) -> None: ...
-
-
-def socket_path(env: Mapping[str, str] | None = None) -> str:
-    """The socket libxenstore would use: ``$XENSTORED_PATH``, else
-    ``$XENSTORED_RUNDIR/socket``, else ``/var/run/xenstored/socket``."""
-    env = os.environ if env is None else env
-    path = env.get("XENSTORED_PATH")
-    if path:
-        return path
-    return os.path.join(env.get("XENSTORED_RUNDIR") or DEFAULT_RUNDIR, "socket")
 
 
 def _wait_readable(fd: int, timeout: float | None) -> None:

@@ -80,9 +80,6 @@ class Connection:
             self.queued_events.clear()
         return out
 
-    def queued_bytes(self) -> int:
-        return sum(len(m) for m in self.out)
-
     def describe(self) -> str:
         kind = "socket" if self.is_socket else "domain"
         return f"conn {self.id} ({kind} dom{self.domid})"

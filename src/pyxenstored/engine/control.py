@@ -19,7 +19,7 @@ from pyxenstored.perms import parse_domid
 from pyxenstored.store.quota import QUOTA_NAMES, Limits
 from pyxenstored.wire.ops import Op
 from pyxenstored.wire.packet import Packet
-from pyxenstored.wire.payload import split_args
+from pyxenstored.wire.payload import parse_unsigned, split_args
 
 if TYPE_CHECKING:
     from pyxenstored.engine.connections import Connection
@@ -92,6 +92,7 @@ def _arguments(args: list[str], count: int, usage: str) -> None:
 
 
 def _help(engine: Engine, args: list[str]) -> str:
+    """``help``: the commands and the seed operations' numbers.  No error."""
     usages = {name: usage for name, (_, usage) in COMMANDS.items()}
     usages["live-update"] = LIVE_UPDATE_USAGE
     lines = [f"{name:<12} {usages[name]}" for name in sorted(usages)]
@@ -104,6 +105,7 @@ def _help(engine: Engine, args: list[str]) -> str:
 
 
 def _check(engine: Engine, args: list[str]) -> str:
+    """``check``: OK if the tree and accounts match a recount.  EINVAL, EIO."""
     _arguments(args, 0, "check takes no argument")
     problems = audit(engine)
     if problems:
@@ -112,6 +114,7 @@ def _check(engine: Engine, args: list[str]) -> str:
 
 
 def _log(engine: Engine, args: list[str]) -> str:
+    """``log on|off``: switch the request trace; OK.  EINVAL."""
     _arguments(args, 1, "log on|off")
     if args[0] not in ("on", "off"):
         raise InvalidArgument("log on|off")
@@ -120,12 +123,14 @@ def _log(engine: Engine, args: list[str]) -> str:
 
 
 def _print(engine: Engine, args: list[str]) -> str:
+    """``print``: write a line to the log; OK.  EINVAL."""
     _arguments(args, 1, "print <string>")
     engine.operator.note(args[0])
     return "OK"
 
 
 def _logfile(engine: Engine, args: list[str]) -> str:
+    """``logfile``: trace to another file; OK.  EINVAL."""
     _arguments(args, 1, "logfile <file>")
     engine.operator.set_trace_file(args[0])
     return "OK"
@@ -138,6 +143,7 @@ def _format_limits(limits: Limits) -> str:
 
 
 def _quota(engine: Engine, args: list[str]) -> str:
+    """``quota``: the quotas, a domain's use of them, or set one.  EINVAL, ENOENT."""
     if not args:
         return _format_limits(engine.quotas.defaults)
     if args[0] == "set" and len(args) == 3:
@@ -157,6 +163,7 @@ def _quota(engine: Engine, args: list[str]) -> str:
 
 
 def _quota_soft(engine: Engine, args: list[str]) -> str:
+    """``quota-soft``: the soft memory quota, or set it.  EINVAL."""
     if not args:
         return f"{'memory':<20} {engine.quotas.defaults.soft_memory}\n"
     if args[0] == "set" and len(args) == 3 and args[1] == "memory":
@@ -166,6 +173,7 @@ def _quota_soft(engine: Engine, args: list[str]) -> str:
 
 
 def _memreport(engine: Engine, args: list[str]) -> str:
+    """``memreport``: append the memory report to a file or the trace; OK.  EINVAL."""
     if len(args) > 1:
         raise InvalidArgument("memreport [<file>]")
     text = "".join(f"{key:<20} {value}\n" for key, value in engine.report().items())
@@ -179,9 +187,10 @@ def _memreport(engine: Engine, args: list[str]) -> str:
 
 def _number(text: str) -> int:
     """A quota value: a positive decimal number (C refuses below 1)."""
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
+    value = parse_unsigned(text, "quota value")
+    if value < 1:
         raise InvalidArgument(f"bad quota value {text!r}")
-    return int(text)
+    return value
 
 
 COMMANDS: dict[str, tuple[Command, str]] = {
@@ -205,6 +214,7 @@ LIVE_UPDATE_USAGE = (
 def do_control(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes | None:
+    """CONTROL: the answer (for live-update -s, later).  EINVAL, EIO, ENOENT."""
     args = split_args(packet.payload)
     if args and args[0] == "live-update":
         # Apart from COMMANDS: it needs the connection and the request.

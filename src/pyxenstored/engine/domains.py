@@ -21,7 +21,7 @@ from pyxenstored.perms import DOMID_FIRST_RESERVED, parse_domid
 from pyxenstored.store.node import Change
 from pyxenstored.wire.ops import ServerFeature
 from pyxenstored.wire.packet import Packet
-from pyxenstored.wire.payload import split_args
+from pyxenstored.wire.payload import OK, parse_unsigned, split_args
 
 if TYPE_CHECKING:
     from pyxenstored.engine.connections import Connection
@@ -39,6 +39,7 @@ __all__ = [
     "do_resume",
     "do_set_target",
     "domid_arg",
+    "introduced_arg",
     "reap_unintroduced",
     "release_changes",
 ]
@@ -128,14 +129,10 @@ class Domains:
     only through these methods.
     """
 
-    def __init__(
-        self, priv_domid: int, exists: Callable[[int], bool] | None = None
-    ) -> None:
+    def __init__(self, priv_domid: int, hypervisor: Hypervisor | None = None) -> None:
         self.priv_domid = priv_domid
-        #: A stand-in for the hypervisor's answer (engine unit tests).
-        self._exists = exists
         #: The shell's access to rings and event channels (None: sockets only).
-        self.hypervisor: Hypervisor | None = None
+        self.hypervisor = hypervisor
         self._conns: dict[int, Connection] = {}
         self._info: dict[int, DomainInfo] = {}
         self._staged: dict[int, StagedWatches] = {}
@@ -184,8 +181,6 @@ class Domains:
         """Whether permissions may name the domain (SET_PERMS, quotas)."""
         if domid == self.priv_domid:
             return True
-        if self._exists is not None:
-            return self._exists(domid)
         if self.hypervisor is not None:
             # A dying domain is as good as gone: rights given to it now would
             # survive its clean-up and pass to the next domain with its domid.
@@ -213,9 +208,6 @@ class Domains:
     def features(self, domid: int, default: ServerFeature) -> ServerFeature:
         return self._features.get(domid, default)
 
-    def has_features(self, domid: int) -> bool:
-        return domid in self._features
-
     def featured_domids(self) -> list[int]:
         return list(self._features)
 
@@ -233,21 +225,16 @@ def domid_arg(engine: Engine, text: str) -> int:
     return domid
 
 
-def _number(text: str) -> int:
-    if not text.isascii() or not text.isdigit():
-        raise InvalidArgument(f"bad number {text!r}")
-    return int(text)
-
-
 def do_introduce(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """INTRODUCE: attach a domain's ring; OK.  EINVAL, ENOENT, or the hypervisor's."""
     args = split_args(packet.payload)
     if len(args) < 3:
         raise InvalidArgument("INTRODUCE takes domid, gfn and event channel")
     domid = domid_arg(engine, args[0])
-    gfn = _number(args[1])
-    port = _number(args[2])
+    gfn = parse_unsigned(args[1], "gfn")
+    port = parse_unsigned(args[2], "event channel")
     if port == 0:
         raise InvalidArgument("event channel must be positive")
     domains = engine.domains
@@ -255,7 +242,7 @@ def do_introduce(
     existing = domains.connection(domid)
     if existing is not None:
         engine.reintroduce(existing, gfn, port)
-        return b"OK\0"
+        return OK
     if not hypervisor.domain_state(domid).exists:
         raise NoEntry(f"domain {domid} does not exist")
     new = engine.connect_domain(domid)
@@ -266,7 +253,7 @@ def do_introduce(
         # EINVAL when xenstore has no name for it.
         engine.disconnect(new)
         log.warning("INTRODUCE of domain %d failed: %s", domid, error)
-        name = errno.errorcode.get(error.errno or 0, "EINVAL")
+        name = errno.errorcode.get(error.errno or 0, InvalidArgument.code)
         raise XsError.from_code(name, str(error)) from None
     except Exception:
         engine.disconnect(new)
@@ -275,11 +262,20 @@ def do_introduce(
     log.info("introduced domain %d (gfn %d, port %d)", domid, gfn, port)
     engine.domain_introduced(new)
     engine.fire_special(INTRODUCE_DOMAIN)
-    return b"OK\0"
+    return OK
 
 
-def _introduced(engine: Engine, text: str) -> Connection:
-    domid = domid_arg(engine, text)
+def introduced_arg(engine: Engine, packet: Packet, op: str) -> Connection:
+    """The introduced domain named by the one argument of an ``op`` request.
+
+    Raises:
+        InvalidArgument: not one argument, or not a domid that may be managed.
+        NoEntry: the domain is not introduced.
+    """
+    args = split_args(packet.payload)
+    if len(args) != 1:
+        raise InvalidArgument(f"{op} takes a domid")
+    domid = domid_arg(engine, args[0])
     found = engine.domains.connection(domid)
     if found is None:
         raise NoEntry(f"domain {domid} not introduced")
@@ -289,27 +285,24 @@ def _introduced(engine: Engine, text: str) -> Connection:
 def do_release(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
-    args = split_args(packet.payload)
-    if len(args) != 1:
-        raise InvalidArgument("RELEASE takes a domid")
-    engine.destroy_domain(_introduced(engine, args[0]).domid)
-    return b"OK\0"
+    """RELEASE: forget a domain, its connection and nodes; OK.  EINVAL, ENOENT."""
+    engine.destroy_domain(introduced_arg(engine, packet, "RELEASE").domid)
+    return OK
 
 
 def do_resume(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
-    args = split_args(packet.payload)
-    if len(args) != 1:
-        raise InvalidArgument("RESUME takes a domid")
-    domid = _introduced(engine, args[0]).domid
+    """RESUME: clear the domain's shutdown-reported flag; OK.  EINVAL, ENOENT."""
+    domid = introduced_arg(engine, packet, "RESUME").domid
     engine.domains.info(domid).shutdown_reported = False
-    return b"OK\0"
+    return OK
 
 
 def do_set_target(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """SET_TARGET: let a domain act as another; OK.  EINVAL, ENOENT."""
     args = split_args(packet.payload)
     if len(args) != 2:
         raise InvalidArgument("SET_TARGET takes domid and target domid")
@@ -321,7 +314,7 @@ def do_set_target(
     if acting.closed:
         raise InvalidArgument("domain has no live connection")
     acting.target = target
-    return b"OK\0"
+    return OK
 
 
 def release_changes(engine: Engine, domid: int) -> list[Change]:

@@ -34,6 +34,7 @@ from pyxenstored.engine.domains import (
     DomainInfo,
     Domains,
     DomainState,
+    Hypervisor,
     reap_unintroduced,
     release_changes,
 )
@@ -45,6 +46,7 @@ from pyxenstored.errors import (
     NoEntry,
     NotSupported,
     PermissionDenied,
+    TooBig,
     XsError,
 )
 from pyxenstored.paths import RELEASE_DOMAIN, SPECIAL_NODES, parent_of
@@ -56,7 +58,7 @@ from pyxenstored.store.transaction import Transaction
 from pyxenstored.store.tree import Store
 from pyxenstored.watches import WatchTable
 from pyxenstored.wire.ops import PAYLOAD_MAX, Op, ServerFeature
-from pyxenstored.wire.packet import HEADER, Packet
+from pyxenstored.wire.packet import Packet, encode_packet
 from pyxenstored.wire.payload import ENCODING
 
 __all__ = ["Engine", "EngineConfig"]
@@ -113,7 +115,7 @@ class Engine:
         self,
         config: EngineConfig | None = None,
         *,
-        domain_exists: Callable[[int], bool] | None = None,
+        hypervisor: Hypervisor | None = None,
     ) -> None:
         self.config = config or EngineConfig()
         self.priv_domid = self.config.priv_domid
@@ -124,9 +126,9 @@ class Engine:
         #: Connections that got output since :meth:`take_pending`.
         self.pending: dict[int, Connection] = {}
         self._next_conn_id = 1
-        #: Every domain's state, and the hypervisor (``domain_exists``: a
-        #: stand-in for its answer to "does domain N exist").
-        self.domains = Domains(self.priv_domid, domain_exists)
+        #: Every domain's state, and the hypervisor (the shell may set it
+        #: later; ``sim.hypervisor.MemoryHypervisor`` for tests).
+        self.domains = Domains(self.priv_domid, hypervisor)
         #: What CONTROL asks of the daemon (log lines, trace, report files).
         self.operator: Operator = LoggingOperator()
         #: Seconds, for transaction ages (the shell gives a monotonic clock).
@@ -328,7 +330,10 @@ class Engine:
         request, the store is put back as it was (:meth:`Store.rollback`),
         a transaction the request acted in is failed (its commit answers
         ENOMEM, as C's ``fail_transaction``), and the client gets EIO, as C
-        answers its own internal failures.
+        answers its own internal failures.  A reply longer than
+        ``PAYLOAD_MAX`` is answered E2BIG instead.  Some replies come later:
+        QUIESCE's, ``live-update -s``'s, and those of a connection whose
+        requests are parked while a live update waits (:meth:`_park`).
         """
         if self.live_update is not None and self._park(conn, packet):
             return
@@ -371,11 +376,10 @@ class Engine:
         store.journal = None  # Store.end()
         if payload is not None:
             if len(payload) > PAYLOAD_MAX:
-                self.reply_error(conn, packet, "E2BIG")
+                self.reply_error(conn, packet, TooBig.code)
                 return
             conn.out.append(
-                HEADER.pack(packet.op, packet.req_id, packet.tx_id, len(payload))
-                + payload
+                encode_packet(packet.op, packet.req_id, packet.tx_id, payload)
             )
             self.pending[conn.id] = conn
 
@@ -418,10 +422,10 @@ class Engine:
         """
         if not conn.restored or packet.op == Op.TRANSACTION_START:
             raise NoEntry("no such transaction")
-        if not conn.privileged:
-            limit = self.quotas.for_domain(conn.domid).transactions
-            if self.quotas.exceeded(len(conn.transactions) + 1, limit):
-                raise NoEntry("no such transaction")
+        if not conn.privileged and self.quotas.would_exceed(
+            conn.domid, "transactions", len(conn.transactions) + 1
+        ):
+            raise NoEntry("no such transaction")
         tx = Transaction(
             packet.tx_id, self.store, self.quotas, conn.domid, conn.privileged
         )
@@ -448,18 +452,15 @@ class Engine:
     def reply(self, conn: Connection, packet: Packet, payload: bytes) -> None:
         """Queue the success reply of a request (E2BIG if it cannot fit)."""
         if len(payload) > PAYLOAD_MAX:
-            self.reply_error(conn, packet, "E2BIG")
+            self.reply_error(conn, packet, TooBig.code)
             return
-        conn.queue(
-            HEADER.pack(packet.op, packet.req_id, packet.tx_id, len(payload)) + payload
-        )
+        conn.queue(encode_packet(packet.op, packet.req_id, packet.tx_id, payload))
         self.pending[conn.id] = conn
 
     def reply_error(self, conn: Connection, packet: Packet, code: str) -> None:
+        """Queue an ERROR reply naming ``code`` (an :class:`XsError`'s ``code``)."""
         payload = code.encode() + b"\0"
-        conn.queue(
-            HEADER.pack(Op.ERROR, packet.req_id, packet.tx_id, len(payload)) + payload
-        )
+        conn.queue(encode_packet(Op.ERROR, packet.req_id, packet.tx_id, payload))
         self.pending[conn.id] = conn
 
     # -- watch events ----------------------------------------------------------
@@ -511,5 +512,5 @@ class Engine:
             if payload in conn.queued_events:
                 return
             conn.queued_events.add(payload)
-        conn.queue(HEADER.pack(Op.WATCH_EVENT, 0, 0, len(payload)) + payload)
+        conn.queue(encode_packet(Op.WATCH_EVENT, 0, 0, payload))
         self.pending[conn.id] = conn

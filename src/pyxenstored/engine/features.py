@@ -9,7 +9,7 @@ from pyxenstored.perms import parse_domid
 from pyxenstored.store.quota import QUOTA_NAMES, field_for
 from pyxenstored.wire.ops import ServerFeature
 from pyxenstored.wire.packet import Packet
-from pyxenstored.wire.payload import join_args, split_args
+from pyxenstored.wire.payload import OK, join_args, parse_unsigned, split_args
 
 if TYPE_CHECKING:
     from pyxenstored.engine.connections import Connection
@@ -43,15 +43,10 @@ def watch_depth(engine: Engine, conn: Connection) -> bool:
     return bool(engine.domain_features(conn.domid) & ServerFeature.WATCHDEPTH)
 
 
-def _number(text: str) -> int:
-    if not text.isascii() or not text.isdigit():
-        raise InvalidArgument(f"bad number {text!r}")
-    return int(text)
-
-
 def do_get_feature(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """GET_FEATURE: the connection's or a domain's features.  EINVAL, EACCES, ENOENT."""
     args = split_args(packet.payload) if packet.payload not in (b"", b"\0") else []
     if not args:
         if conn.is_socket:
@@ -70,11 +65,12 @@ def do_get_feature(
 def do_set_feature(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """SET_FEATURE: a domain's features at INTRODUCE; OK.  EINVAL, ENOENT, EBUSY."""
     args = split_args(packet.payload)
     if len(args) != 2:
         raise InvalidArgument("SET_FEATURE takes a domid and a value")
     domid = parse_domid(args[0])
-    value = _number(args[1])
+    value = parse_unsigned(args[1], "feature value")
     if value & ~int(SUPPORTED):
         raise InvalidArgument("unsupported feature bits")
     if not engine.domains.exists(domid):
@@ -82,12 +78,13 @@ def do_set_feature(
     if engine.is_introduced(domid):
         raise Busy("domain already introduced")
     engine.domains.set_features(domid, ServerFeature(value))
-    return b"OK\0"
+    return OK
 
 
 def do_get_quota(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """GET_QUOTA: the quota names, a default or a domain's value.  EINVAL, ENOENT."""
     args = split_args(packet.payload) if packet.payload not in (b"", b"\0") else []
     if not args:
         return join_args(" ".join(QUOTA_NAMES))
@@ -105,10 +102,11 @@ def do_get_quota(
 def do_set_quota(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """SET_QUOTA: set a default or a domain's value; OK.  EINVAL, ENOENT."""
     args = split_args(packet.payload)
     if len(args) not in (2, 3):
         raise InvalidArgument("SET_QUOTA takes [domid] name value")
-    value = _number(args[-1])
+    value = parse_unsigned(args[-1], "quota value")
     if value >= _UINT32_MAX:
         raise InvalidArgument("quota value out of range")
     field_for(args[-2])
@@ -119,4 +117,4 @@ def do_set_quota(
         if not engine.domains.exists(domid):
             raise NoEntry("no such domain")
         engine.quotas.set_domain(domid, args[1], value)
-    return b"OK\0"
+    return OK

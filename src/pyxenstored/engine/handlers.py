@@ -4,6 +4,13 @@ Each handler takes ``(engine, conn, packet, tx)`` and returns the success
 payload, or ``None`` when it queued its reply itself; it raises an
 ``XsError`` to fail.  :data:`HANDLERS` maps each type to its handler and
 the dispatch flags of C's ``wire_funcs`` table.
+
+Each handler's docstring says what it answers and which errors it raises,
+by their xenstore names.  EINVAL always includes a malformed payload or
+path (and the ``path-max`` quota); ENOSPC in a transaction includes its
+``transaction-nodes`` quota.  The dispatch errors (ENOSYS, EACCES for a
+privileged type, ENOENT for an unknown transaction) are
+:meth:`Engine.handle`'s, and so is E2BIG for a reply that does not fit.
 """
 
 from __future__ import annotations
@@ -44,8 +51,10 @@ from pyxenstored.wire.ops import PAYLOAD_MAX, Op
 from pyxenstored.wire.packet import Packet
 from pyxenstored.wire.payload import (
     ENCODING,
+    OK,
     join_args,
     one_arg,
+    parse_unsigned,
     split_args,
     split_value,
 )
@@ -65,8 +74,6 @@ Handler = Callable[
     ["Engine", "Connection", Packet, "Transaction | None"], "bytes | None"
 ]
 
-OK = b"OK\0"
-
 
 def canonical(
     engine: Engine, conn: Connection, text: str, *, allow_special: bool = False
@@ -74,9 +81,8 @@ def canonical(
     """Canonicalise a path and apply the ``path-max`` quota (PROTOCOL.md 4)."""
     path = paths.canonicalize(text, conn.home, allow_special=allow_special)
     if not conn.privileged and path[0] == "/":
-        quotas = engine.quotas
-        limit = quotas.for_domain(conn.domid).path_max
-        if quotas.exceeded(paths.measured_length(path), limit):
+        length = paths.measured_length(path)
+        if engine.quotas.would_exceed(conn.domid, "path_max", length):
             raise InvalidArgument("path too long")
     return path
 
@@ -91,6 +97,7 @@ def _view(engine: Engine, tx: Transaction | None) -> tree.View:
 def do_read(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """READ: the node's value.  ENOENT, EACCES, EINVAL, ENOSPC."""
     path = canonical(engine, conn, one_arg(packet.payload))
     return tree.read(_view(engine, tx), conn, path)
 
@@ -98,6 +105,7 @@ def do_read(
 def do_write(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """WRITE: set the value, creating nodes; OK.  EACCES, EINVAL, ENOSPC, ENOMEM."""
     text, value = split_value(packet.payload)
     path = canonical(engine, conn, text)
     tree.write(_view(engine, tx), conn, path, value, engine.quotas)
@@ -107,6 +115,7 @@ def do_write(
 def do_mkdir(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """MKDIR: create the node if missing; OK.  EACCES, EINVAL, ENOSPC, ENOMEM."""
     path = canonical(engine, conn, one_arg(packet.payload))
     tree.mkdir(_view(engine, tx), conn, path, engine.quotas)
     return OK
@@ -115,6 +124,7 @@ def do_mkdir(
 def do_rm(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """RM: remove the node and its subtree; OK.  ENOENT, EACCES, EINVAL, EIO, ENOSPC."""
     path = canonical(engine, conn, one_arg(packet.payload))
     tree.rm(_view(engine, tx), conn, path)
     return OK
@@ -123,6 +133,7 @@ def do_rm(
 def do_directory(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """DIRECTORY: the children's names.  ENOENT, EACCES, EINVAL, ENOSPC."""
     path = canonical(engine, conn, one_arg(packet.payload))
     node = tree.directory(_view(engine, tx), conn, path)
     return _listing(node, cache=tx is None)
@@ -152,11 +163,12 @@ def _listing(node: Node, *, cache: bool) -> bytes:
 def do_directory_part(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """DIRECTORY_PART: a part of the listing.  ENOENT, EACCES, EINVAL, E2BIG, ENOSPC."""
     args = split_args(packet.payload)
     if len(args) != 2:
         raise InvalidArgument("DIRECTORY_PART takes a path and an offset")
     path = canonical(engine, conn, args[0])
-    offset = _parse_number(args[1])
+    offset = parse_unsigned(args[1], "offset")
     node = tree.directory(_view(engine, tx), conn, path)
     listing = _listing(node, cache=tx is None)
     head = f"{node.generation}\0".encode()
@@ -176,6 +188,7 @@ def do_directory_part(
 def do_get_perms(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """GET_PERMS: the permissions, owner first.  ENOENT, EACCES, EINVAL, ENOSPC."""
     path = canonical(engine, conn, one_arg(packet.payload), allow_special=True)
     if path[0] == "@":
         perms = _special(engine, conn, path, READ_BIT).perms
@@ -187,13 +200,14 @@ def do_get_perms(
 def do_set_perms(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """SET_PERMS: set the ACL; OK.  ENOENT, EACCES, EPERM, EINVAL, ENOSPC, ENOMEM."""
     args = split_args(packet.payload)
     if len(args) < 2:
         raise InvalidArgument("SET_PERMS needs a path and at least one permission")
-    if not conn.privileged:
-        limit = engine.quotas.for_domain(conn.domid).node_permissions
-        if engine.quotas.exceeded(len(args) - 1, limit):
-            raise NoSpace("too many permissions")
+    if not conn.privileged and engine.quotas.would_exceed(
+        conn.domid, "node_permissions", len(args) - 1
+    ):
+        raise NoSpace("too many permissions")
     perms = _mark_stale(engine, parse_perms(args[1:]))
     if perms[0].stale:
         # C refuses an owner that does not exist before it even looks at the
@@ -229,22 +243,17 @@ def _special(engine: Engine, conn: Connection, path: str, want: int) -> Node:
     return node
 
 
-def _parse_number(text: str) -> int:
-    if not text.isascii() or not text.isdigit():
-        raise InvalidArgument(f"bad number {text!r}")
-    return int(text)
-
-
 # -- watches ---------------------------------------------------------------
 
 
 def do_watch(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> None:
+    """WATCH: queues OK, then the first event.  EEXIST, EINVAL, E2BIG/ENOSPC, ENOMEM."""
     args = split_args(packet.payload)
     depth: int | None = None
     if len(args) == 3 and features.watch_depth(engine, conn):
-        depth = _parse_number(args[2])
+        depth = parse_unsigned(args[2], "depth")
     elif len(args) != 2:
         raise InvalidArgument("WATCH takes a path and a token")
     wpath, token = args[0], args[1]
@@ -253,13 +262,14 @@ def do_watch(
         raise AlreadyExists()
     if not conn.privileged:
         quotas = engine.quotas
-        limits = quotas.for_domain(conn.domid)
-        if quotas.exceeded(engine.watches.count(conn.id) + 1, limits.watches):
+        if quotas.would_exceed(
+            conn.domid, "watches", engine.watches.count(conn.id) + 1
+        ):
             if quotas.rule is QuotaRule.AT_MOST_N:
                 raise TooBig("watch quota reached")
             raise NoSpace("watch quota reached")
         used = engine.store.owned_bytes(conn.domid) + conn.watch_bytes
-        if quotas.exceeded(used + watch_bytes(wpath, token), limits.memory):
+        if quotas.would_exceed(conn.domid, "memory", used + watch_bytes(wpath, token)):
             raise OutOfMemory("memory quota reached")
     home = conn.home if wpath[0] not in "/@" else None
     engine.watches.add(conn.id, path, token, wpath, home, depth)
@@ -271,6 +281,7 @@ def do_watch(
 def do_unwatch(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """UNWATCH: remove the watch with this path and token; OK.  ENOENT, EINVAL."""
     args = split_args(packet.payload)
     if len(args) != 2:
         raise InvalidArgument("UNWATCH takes a path and a token")
@@ -287,6 +298,7 @@ def do_unwatch(
 def do_reset_watches(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """RESET_WATCHES: drop the connection's watches and transactions; OK."""
     engine.watches.remove_all(conn.id)
     conn.transactions.clear()
     return OK
@@ -298,12 +310,13 @@ def do_reset_watches(
 def do_transaction_start(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """TRANSACTION_START: the new transaction's id.  EBUSY, ENOSPC."""
     if tx is not None:
         raise Busy("transactions do not nest")
-    if not conn.privileged:
-        limit = engine.quotas.for_domain(conn.domid).transactions
-        if engine.quotas.exceeded(len(conn.transactions) + 1, limit):
-            raise NoSpace("transaction quota reached")
+    if not conn.privileged and engine.quotas.would_exceed(
+        conn.domid, "transactions", len(conn.transactions) + 1
+    ):
+        raise NoSpace("transaction quota reached")
     tx_id = conn.next_tx_id
     while tx_id == 0 or tx_id in conn.transactions:
         tx_id = (tx_id + 1) & 0xFFFFFFFF
@@ -317,6 +330,7 @@ def do_transaction_start(
 def do_transaction_end(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """TRANSACTION_END: commit or abort; OK.  EINVAL, ENOENT, EAGAIN, ENOMEM, ENOSPC."""
     arg = one_arg(packet.payload)
     if arg not in ("T", "F"):
         raise InvalidArgument("TRANSACTION_END takes T or F")
@@ -336,6 +350,7 @@ def do_transaction_end(
 def do_get_domain_path(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """GET_DOMAIN_PATH: ``/local/domain/<domid>``.  EINVAL."""
     domid = parse_domid(one_arg(packet.payload))
     return join_args(paths.domain_home(domid))
 
@@ -343,6 +358,7 @@ def do_get_domain_path(
 def do_is_domain_introduced(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """IS_DOMAIN_INTRODUCED: ``T`` or ``F``.  EINVAL."""
     domid = parse_domid(one_arg(packet.payload))
     if domid == DOMID_SELF:
         return b"T\0"

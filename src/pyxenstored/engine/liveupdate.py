@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from pyxenstored.errors import InvalidArgument
 from pyxenstored.wire.packet import Packet
+from pyxenstored.wire.payload import parse_unsigned
 
 if TYPE_CHECKING:
     from pyxenstored.engine.connections import Connection
@@ -157,8 +158,9 @@ def _start_options(args: list[str]) -> tuple[bool, float, int | None]:
             force = True
         elif arg in ("-t", "-v"):
             value = next(it, None)
-            if value is None or not value.isascii() or not value.isdigit():
+            if value is None:
                 raise InvalidArgument(f"live-update -s {arg} needs a number")
+            parse_unsigned(value, f"live-update -s {arg} value")  # digits only
             if arg == "-t":
                 timeout = float(value)
             elif value in ("1", "2"):

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pyxenstored.engine.domains import StagedWatches, domid_arg
-from pyxenstored.errors import AlreadyExists, InvalidArgument, NoEntry, TooBig
+from pyxenstored.engine.domains import StagedWatches, domid_arg, introduced_arg
+from pyxenstored.errors import AlreadyExists, Busy, InvalidArgument, NoEntry, TooBig
 from pyxenstored.paths import canonicalize, domain_home
 from pyxenstored.wire.ops import PAYLOAD_MAX
 from pyxenstored.wire.packet import Packet
-from pyxenstored.wire.payload import ENCODING, split_args
+from pyxenstored.wire.payload import ENCODING, OK, parse_unsigned, split_args
 
 if TYPE_CHECKING:
     from pyxenstored.engine.connections import Connection
@@ -38,8 +38,6 @@ __all__ = [
     "do_quiesce",
 ]
 
-OK = b"OK\0"
-
 
 def _no_transaction(packet: Packet) -> None:
     if packet.tx_id:
@@ -49,14 +47,9 @@ def _no_transaction(packet: Packet) -> None:
 def do_quiesce(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes | None:
+    """QUIESCE: OK (queued later) once drained, EBUSY if not.  EINVAL, ENOENT."""
     _no_transaction(packet)
-    args = split_args(packet.payload)
-    if len(args) != 1:
-        raise InvalidArgument("QUIESCE takes a domid")
-    domid = domid_arg(engine, args[0])
-    target = engine.domains.connection(domid)
-    if target is None:
-        raise NoEntry(f"domain {domid} not introduced")
+    target = introduced_arg(engine, packet, "QUIESCE")
     hypervisor = engine.domains.require_hypervisor()
 
     def done(ok: bool) -> None:
@@ -66,7 +59,7 @@ def do_quiesce(
         if ok:
             engine.reply(conn, packet, OK)
         else:
-            engine.reply_error(conn, packet, "EBUSY")
+            engine.reply_error(conn, packet, Busy.code)
 
     hypervisor.quiesce(target, done)
     return None
@@ -81,6 +74,7 @@ def _watch_pairs(args: list[str]) -> list[tuple[str, str]]:
 def do_add_domain_watches(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """ADD_DOMAIN_WATCHES: watches for a domain; OK.  EINVAL, ENOENT, EEXIST."""
     _no_transaction(packet)
     args = split_args(packet.payload)
     if not args:
@@ -123,14 +117,13 @@ def do_add_domain_watches(
 def do_get_domain_watches(
     engine: Engine, conn: Connection, packet: Packet, tx: Transaction | None
 ) -> bytes:
+    """GET_DOMAIN_WATCHES: a page of a domain's watches.  EINVAL, ENOENT, E2BIG."""
     _no_transaction(packet)
     args = split_args(packet.payload)
     if len(args) != 2:
         raise InvalidArgument("GET_DOMAIN_WATCHES takes a domid and an index")
     domid = domid_arg(engine, args[0])
-    if not args[1].isascii() or not args[1].isdigit():
-        raise InvalidArgument(f"bad index {args[1]!r}")
-    index = int(args[1])
+    index = parse_unsigned(args[1], "index")
     target = engine.domains.connection(domid)
     if target is not None:
         watches = engine.watches.of(target.id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyxenstored.server.config import Config, default_socket_path
+from pyxenstored.server.config import Config
 from pyxenstored.server.daemon import Daemon
 
-__all__ = ["Config", "Daemon", "default_socket_path"]
+__all__ = ["Config", "Daemon"]

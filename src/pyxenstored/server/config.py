@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pyxenstored.engine.engine import EngineConfig
+from pyxenstored.rundir import daemon_rundir
 
-__all__ = ["Config", "default_socket_path"]
-
-DEFAULT_RUNDIR = "/var/run/xenstored"
-
-
-def default_rundir(env: Mapping[str, str] | None = None) -> str:
-    """``$XENSTORED_RUNDIR``, else ``/var/run/xenstored`` (as C)."""
-    env = os.environ if env is None else env
-    return env.get("XENSTORED_RUNDIR") or DEFAULT_RUNDIR
-
-
-def default_socket_path(env: Mapping[str, str] | None = None) -> str:
-    """Where clients and the daemon look for the socket, as libxenstore does.
-
-    ``$XENSTORED_PATH``, else ``$XENSTORED_RUNDIR/socket``, else
-    ``/var/run/xenstored/socket``.
-    """
-    env = os.environ if env is None else env
-    path = env.get("XENSTORED_PATH")
-    if path:
-        return path
-    return os.path.join(env.get("XENSTORED_RUNDIR") or DEFAULT_RUNDIR, "socket")
+__all__ = ["Config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +39,7 @@ class Config:
     #: ``--restore FILE``: start from a saved state (nodes, quotas only).
     restore_file: str | None = None
     #: Where the live-update state is written (C: ``$XENSTORED_RUNDIR``).
-    rundir: str = field(default_factory=lambda: default_rundir())
+    rundir: str = field(default_factory=daemon_rundir)
     #: The daemon's own arguments, given again to the program a live
     #: update starts (C's rule), without the program name.
     argv: tuple[str, ...] = ()

@@ -34,7 +34,7 @@ from pyxenstored.server.rings import Quiesce, RingClient
 from pyxenstored.server.trace import Tracer
 from pyxenstored.wire.decoder import NEED_DATA, PacketDecoder
 from pyxenstored.wire.ops import HEADER_SIZE, PAYLOAD_MAX
-from pyxenstored.wire.packet import HEADER, Packet
+from pyxenstored.wire.packet import HEADER, Packet, encode_packet
 
 __all__ = ["Daemon", "SocketInUse"]
 
@@ -290,7 +290,7 @@ class Daemon:
         ios = []
         for conn in self.engine.connections.values():
             parked = b"".join(
-                HEADER.pack(p.op, p.req_id, p.tx_id, len(p.payload)) + p.payload
+                encode_packet(p.op, p.req_id, p.tx_id, p.payload)
                 for p in conn.parked or ()
             )
             client = self.clients.get(conn.id)

@@ -42,7 +42,8 @@ from pyxenstored.migration.xsstate import (
     encode_state,
 )
 from pyxenstored.wire.ops import Op
-from pyxenstored.wire.packet import HEADER
+from pyxenstored.wire.packet import encode_packet
+from pyxenstored.wire.payload import OK
 
 if TYPE_CHECKING:
     from pyxenstored.server.daemon import Daemon
@@ -208,7 +209,7 @@ class Updater:
         assert lu.request is not None
         ios = daemon.connection_io()
         request = lu.request
-        ok = HEADER.pack(Op.CONTROL, request.req_id, request.tx_id, 3) + b"OK\0"
+        ok = encode_packet(Op.CONTROL, request.req_id, request.tx_id, OK)
         for io in ios:
             if io.conn is lu.conn:
                 io.out_data += ok

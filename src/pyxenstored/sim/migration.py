@@ -50,9 +50,6 @@ from pyxenstored.wire.ring import Ring
 
 __all__ = ["Host", "MigrationReport", "migrate_guest"]
 
-#: Keys the destination toolstack writes itself (MIGRATION.md c.3).
-HOST_KEYS = ("store/port", "store/ring-ref")
-
 
 @dataclass(frozen=True, slots=True)
 class Host:

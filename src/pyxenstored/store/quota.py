@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal
 
 from pyxenstored.errors import InvalidArgument
 
-__all__ = ["QUOTA_NAMES", "Limits", "QuotaRule", "Quotas"]
+__all__ = ["QUOTA_NAMES", "Limits", "Quota", "QuotaRule", "Quotas"]
 
 
 class QuotaRule(Enum):
@@ -40,6 +41,18 @@ class Limits:
     path_max: int = 2048
     node_size: int = 2048
 
+
+#: The :class:`Limits` fields a request is checked against.
+Quota = Literal[
+    "nodes",
+    "watches",
+    "memory",
+    "transactions",
+    "transaction_nodes",
+    "node_permissions",
+    "path_max",
+    "node_size",
+]
 
 #: GET_QUOTA names in C 4.22's order, mapped to :class:`Limits` fields.
 QUOTA_NAMES: dict[str, str] = {
@@ -82,8 +95,13 @@ class Quotas:
     def for_domain(self, domid: int) -> Limits:
         return self.per_domain.get(domid, self.defaults)
 
-    def exceeded(self, count_after: int, limit: int) -> bool:
-        """True if ``count_after`` is over ``limit`` under the active rule."""
+    def would_exceed(self, domid: int, quota: Quota, count_after: int) -> bool:
+        """True if ``count_after`` is over ``domid``'s ``quota`` (a
+        :class:`Limits` field name) under the active rule (0: no limit).
+
+        The one quota check (callers skip it for privileged callers).
+        """
+        limit: int = getattr(self.per_domain.get(domid, self.defaults), quota)
         if limit == 0:
             return False
         if self.rule is QuotaRule.AT_MOST_N:

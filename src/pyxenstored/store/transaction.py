@@ -86,8 +86,8 @@ class Transaction:
         except KeyError:
             pass
         if not self.privileged:
-            limit = self.quotas.for_domain(self.domid).transaction_nodes
-            if self.quotas.exceeded(len(self.accessed) + 1, limit):
+            count = len(self.accessed) + 1
+            if self.quotas.would_exceed(self.domid, "transaction_nodes", count):
                 self.failed = True
                 raise NoSpace("too many nodes in transaction")
         node = self.store.get(path)
@@ -180,8 +180,8 @@ class Transaction:
         grown = self.bytes_delta.get(self.domid, 0)
         if grown <= 0:
             return
-        limit = self.quotas.for_domain(self.domid).memory
-        if self.quotas.exceeded(self.store.owned_bytes(self.domid) + grown, limit):
+        used = self.store.owned_bytes(self.domid) + grown
+        if self.quotas.would_exceed(self.domid, "memory", used):
             raise OutOfMemory("memory quota reached at commit")
 
     def domain_gone(self, domid: int) -> None:
@@ -220,8 +220,7 @@ class Transaction:
         for domid, delta in self.owner_delta.items():
             if delta <= 0 or domid == self.store.priv_domid:
                 continue
-            limit = self.quotas.for_domain(domid).nodes
-            if self.quotas.exceeded(store.owned(domid) + delta, limit):
+            if self.quotas.would_exceed(domid, "nodes", store.owned(domid) + delta):
                 raise NoSpace("node quota reached at commit")
         self._check_memory_at_commit()
         fired = self._fired()

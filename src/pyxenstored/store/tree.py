@@ -505,8 +505,7 @@ def _lookup(view: View, caller: Caller, path: str, want: int) -> Node:
 def _check_size(quotas: Quotas, caller: Caller, node: Node) -> None:
     if caller.privileged:
         return
-    limit = quotas.for_domain(caller.domid).node_size
-    if quotas.exceeded(node_size(node), limit):
+    if quotas.would_exceed(caller.domid, "node_size", node_size(node)):
         raise NoSpace("node too large")
 
 
@@ -521,9 +520,8 @@ def _check_memory(
     """
     if caller.privileged or delta <= 0 or owner != caller.domid:
         return
-    limit = quotas.for_domain(caller.domid).memory
     used = view.owned_bytes(caller.domid) + caller.watch_bytes
-    if quotas.exceeded(used + delta, limit):
+    if quotas.would_exceed(caller.domid, "memory", used + delta):
         raise OutOfMemory("memory quota reached")
 
 
@@ -587,8 +585,8 @@ def _create(
     if not caller.privileged:
         # New nodes inherit the parent's list but belong to their creator.
         perms = (perms[0]._replace(domid=caller.domid, stale=False), *perms[1:])
-        limits = quotas.for_domain(caller.domid)
-        if quotas.exceeded(view.owned(caller.domid) + len(missing), limits.nodes):
+        owned = view.owned(caller.domid) + len(missing)
+        if quotas.would_exceed(caller.domid, "nodes", owned):
             raise NoSpace("node quota reached")
         first = missing[-1]
         grown = Node(parent.value, parent.perms, dict(parent.children))

@@ -47,14 +47,6 @@ class PacketDecoder:
         """True while part of a message has been received."""
         return bool(self._buf)
 
-    def complete(self) -> bool:
-        """True if a whole message (or a bad header) is buffered."""
-        buf = self._buf
-        if len(buf) < HEADER_SIZE:
-            return False
-        length: int = HEADER.unpack_from(buf)[3]
-        return length > PAYLOAD_MAX or len(buf) >= HEADER_SIZE + length
-
     def missing(self) -> int:
         """Bytes still needed to complete the message being received.
 
@@ -68,19 +60,6 @@ class PacketDecoder:
         length: int = HEADER.unpack_from(buf)[3]
         if length > PAYLOAD_MAX:
             return 0
-        return max(HEADER_SIZE + length - have, 0)
-
-    def wanted(self) -> int:
-        """How many more bytes complete the message now being received.
-
-        With an empty buffer this is a header's worth.  Ring readers use it
-        to take no more from the ring than the current message needs (the
-        QUIESCE drain rule of MIGRATION.md a.3).
-        """
-        have = len(self._buf)
-        if have < HEADER_SIZE:
-            return HEADER_SIZE - have
-        length: int = HEADER.unpack_from(self._buf)[3]
         return max(HEADER_SIZE + length - have, 0)
 
     def next_packet(self) -> Packet | _Need:

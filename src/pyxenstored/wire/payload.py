@@ -9,9 +9,20 @@ from __future__ import annotations
 
 from pyxenstored.errors import InvalidArgument
 
-__all__ = ["join_args", "one_arg", "split_args", "split_value"]
+__all__ = [
+    "ENCODING",
+    "OK",
+    "join_args",
+    "one_arg",
+    "parse_unsigned",
+    "split_args",
+    "split_value",
+]
 
+#: How protocol strings become bytes and back (one byte, one character).
 ENCODING = "latin-1"
+#: The payload of a plain success reply.
+OK = b"OK\0"
 
 
 def one_arg(payload: bytes) -> str:
@@ -53,3 +64,15 @@ def split_value(payload: bytes) -> tuple[str, bytes]:
 def join_args(*args: str) -> bytes:
     """Encode strings as a payload, each followed by a NUL."""
     return b"".join(a.encode(ENCODING) + b"\0" for a in args)
+
+
+def parse_unsigned(text: str, what: str = "number") -> int:
+    """An argument that must be a plain decimal number (ASCII digits only:
+    no sign, no blanks, no ``0x``), as C's argument checks take it.
+
+    Raises:
+        InvalidArgument: anything else (the message names ``what``).
+    """
+    if not text.isascii() or not text.isdigit():
+        raise InvalidArgument(f"bad {what} {text!r}")
+    return int(text)

@@ -57,7 +57,7 @@ _RSP_PROD = 515
 _SERVER_FEATURES = 516
 _CONNECTION = 517
 _ERROR = 518
-_EVTCHN_PORT = 519
+# (519 is evtchn_port, which the daemon never reads.)
 
 
 class RingError(IntEnum):
@@ -131,10 +131,6 @@ class Ring:
     @error.setter
     def error(self, value: int) -> None:
         self._set(_ERROR, value)
-
-    @property
-    def evtchn_port(self) -> int:
-        return self._get(_EVTCHN_PORT)
 
     def indexes(self) -> tuple[int, int, int, int]:
         """``(req_cons, req_prod, rsp_cons, rsp_prod)``, for diagnostics."""

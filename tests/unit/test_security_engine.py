@@ -1,6 +1,6 @@
 """Engine-level checks of the hardening in store/ and engine/domains.py.
 
-tests/integration/test_security.py attacks a real daemon; these pin the
+tests/integration/test_security_daemon.py attacks a real daemon; these pin the
 pieces it relies on with exact engine state, no sockets: what a released
 domain's clean-up does to open transactions and SET_TARGET links, the
 memory quota at commit, the clean-up of domains that die before INTRODUCE,
@@ -10,59 +10,24 @@ and tree walks that must not recurse with the depth of a path (XSA-418).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from pyxenstored.engine import Connection, Engine, EngineConfig
 from pyxenstored.engine.audit import audit
-from pyxenstored.engine.domains import DomainState, reap_unintroduced, release_changes
+from pyxenstored.engine.domains import reap_unintroduced, release_changes
+from pyxenstored.sim.hypervisor import MemoryHypervisor
 from pyxenstored.store import Limits
 from pyxenstored.wire import Op, Packet
 
 OK = b"OK\0"
 
 
-class Hypervisor:
-    """Just enough hypervisor for the clean-up: which domains still run."""
-
-    def __init__(self, running: set[int]) -> None:
-        self.running = running
-
-    def domain_state(self, domid: int) -> DomainState:
-        return DomainState.RUNNING if domid in self.running else DomainState.GONE
-
-    def attach(
-        self, conn: Connection, gfn: int, remote_port: int, features: int
-    ) -> None:
-        raise AssertionError("not used here")
-
-    def rebind(self, conn: Connection, remote_port: int) -> None:
-        raise AssertionError("not used here")
-
-    def reset(self, conn: Connection) -> None:
-        raise AssertionError("not used here")
-
-    def detach(self, conn: Connection) -> None:
-        raise AssertionError("not used here")
-
-    def quiesce(self, conn: Connection, done: Callable[[bool], None]) -> None:
-        raise AssertionError("not used here")
-
-    def is_quiesced(self, conn: Connection) -> bool:
-        return False
-
-    def resume(self, conn: Connection, remote_port: int) -> None:
-        raise AssertionError("not used here")
-
-
 class World:
     def __init__(self, **limits: int) -> None:
-        self.running = {0, 1, 2}
-        self.engine = Engine(
-            EngineConfig(limits=Limits(**limits)),
-            domain_exists=lambda d: d in self.running,
-        )
+        self.hv = MemoryHypervisor({0, 1, 2})
+        self.engine = Engine(EngineConfig(limits=Limits(**limits)), hypervisor=self.hv)
         self.dom0 = self.engine.connect_socket()
 
     def call(self, conn: Connection, op: int, payload: bytes, tx: int = 0) -> bytes:
@@ -87,7 +52,7 @@ class World:
 
     def dies(self, domid: int) -> None:
         """What destroy_domain does for the store: the domain's clean-up."""
-        self.running.discard(domid)
+        self.hv.kill_domain(domid, remove=True)
         self.engine.fire(release_changes(self.engine, domid))
 
 
@@ -153,23 +118,21 @@ def test_reap_forgets_dead_domains_that_were_never_introduced(world: World) -> N
     engine = world.engine
     d0 = world.dom0
     world.ok(d0, Op.WRITE, b"/local/domain/5/own\0")
-    world.running.add(5)
+    world.hv.create_domain(5)
     world.ok(d0, Op.SET_PERMS, b"/local/domain/5/own\0n5\0")
     world.ok(d0, Op.WRITE, b"/backend\0")
     world.ok(d0, Op.SET_PERMS, b"/backend\0n0\0r5\0r2\0r9\0")  # r9: stale
     world.ok(d0, Op.SET_QUOTA, b"5\0nodes\0" + b"77\0")
     world.ok(d0, Op.SET_FEATURE, b"5\0" + b"1\0")
-    engine.domains.hypervisor = Hypervisor(world.running)
     assert reap_unintroduced(engine) == []  # 5 is alive: nothing to do
-    world.running.discard(5)
+    world.hv.kill_domain(5, remove=True)
     engine.fire(reap_unintroduced(engine))
     assert engine.store.get("/local/domain/5/own") is None
     assert world.perms("/backend") == ["n0", "r2", "r9"]
     assert engine.quotas.for_domain(5).nodes == 1000
-    assert not engine.domains.has_features(5)
+    assert 5 not in engine.domains.featured_domids()
     # Nothing left to do, and the stale r9 is not churned at every VIRQ.
     assert reap_unintroduced(engine) == []
-    engine.domains.hypervisor = None
 
 
 def test_deep_trees_are_walked_without_recursion(world: World) -> None:
@@ -185,7 +148,7 @@ def test_deep_trees_are_walked_without_recursion(world: World) -> None:
         world.ok(d0, Op.TRANSACTION_END, b"T\0", tx)
         assert world.engine.store.get("/d") is None
         world.ok(d0, Op.WRITE, deepest + b"\0v")
-        world.running.add(1)
+        world.hv.create_domain(1)
         world.ok(d0, Op.SET_PERMS, b"/d\0n1\0")
         assert audit(world.engine) == []
         world.dies(1)

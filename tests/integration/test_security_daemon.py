@@ -18,10 +18,8 @@ attack each advisory describes.
 from __future__ import annotations
 
 import socket
-import struct
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -40,14 +38,12 @@ from pyxenstored.errors import (
 )
 from pyxenstored.sim.ring import GuestRing, HostDir
 from pyxenstored.sim.toolstack import Toolstack
+from pyxenstored.wire import HEADER
 from pyxenstored.wire.ops import Op
 from tests.conftest import BACKEND, RunningDaemon
 from tests.ringtools import Page, drain
+from tests.wiretools import TIMEOUT, RawGuest, args, frame, rss_kib, wait_until
 
-#: Bound on every wait in this file.
-TIMEOUT = 10.0
-#: ``struct xsd_sockmsg`` (PROTOCOL.md 1.1), independent of the code's.
-HEADER = struct.Struct("<IIII")
 OK = b"OK\0"
 #: u32 word positions of the ring page fields (RING.md 1).
 REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD = 512, 513, 514, 515
@@ -55,8 +51,6 @@ ERROR_FIELD = 518
 #: Defaults of the quotas the memory tests lean on (PROTOCOL.md 10).
 MEMORY_QUOTA = 2621440
 NODE_SIZE = 2048
-
-Msg = tuple[int, int, int, bytes]
 
 
 # -- helpers -----------------------------------------------------------------
@@ -81,13 +75,6 @@ class Bounded:
         self.inner.close()
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.01)
-
-
 def until_refused(call: Callable[[int], object], limit: int) -> tuple[int, XsError]:
     """Call ``call(0)``, ``call(1)``... until one fails; (calls done, error)."""
     for i in range(limit):
@@ -96,64 +83,6 @@ def until_refused(call: Callable[[int], object], limit: int) -> tuple[int, XsErr
         except XsError as error:
             return i, error
     raise AssertionError(f"{limit} calls and none refused")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def frame(op: int, payload: bytes, req_id: int = 1, tx_id: int = 0) -> bytes:
-    return HEADER.pack(op, req_id, tx_id, len(payload)) + payload
-
-
-def args(*strings: str) -> bytes:
-    return b"".join(s.encode() + b"\0" for s in strings)
-
-
-class RawGuest:
-    """A guest that writes frames into its ring itself and reads when told."""
-
-    def __init__(self, directory: Path, domid: int) -> None:
-        self.ring = GuestRing(str(directory), domid, timeout=TIMEOUT)
-        self.buf = b""
-
-    def send(self, op: int, payload: bytes, req_id: int, tx_id: int = 0) -> None:
-        self.ring.send_all(frame(op, payload, req_id, tx_id))
-
-    def put(self, data: bytes) -> int:
-        """Write what fits of ``data`` into the ring now; bytes written."""
-        n = self.ring.ring.write_requests(data)
-        if n:
-            self.ring.kick()
-        return n
-
-    def until(self, req_id: int, timeout: float = TIMEOUT) -> list[Msg]:
-        """Every message up to and including the reply to ``req_id``."""
-        out: list[Msg] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            while len(self.buf) >= 16:
-                op, req, tx, length = HEADER.unpack_from(self.buf)
-                assert length <= 4096, f"misframed reply stream after {out}"
-                if len(self.buf) < 16 + length:
-                    break
-                out.append((op, req, tx, self.buf[16 : 16 + length]))
-                self.buf = self.buf[16 + length :]
-                if op != Op.WATCH_EVENT and req == req_id:
-                    return out
-            left = deadline - time.monotonic()
-            assert left > 0, f"no reply to {req_id}; got {out}"
-            self.buf += self.ring.receive_some(timeout=left)
-
-    def call(self, op: int, payload: bytes, req_id: int, tx_id: int = 0) -> Msg:
-        self.send(op, payload, req_id, tx_id)
-        return self.until(req_id)[-1]
-
-    def close(self) -> None:
-        self.ring.close()
 
 
 class Host:
