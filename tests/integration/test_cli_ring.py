@@ -89,3 +89,19 @@ def test_ring_options_are_checked(guest_host: RunningDaemon) -> None:
     )
     assert alone.returncode == 1
     assert "--ring and --domid go together" in alone.stderr
+
+
+@pytest.mark.parametrize("domid", ["x", "-1", "1.0", "\u00b2"])
+def test_domid_must_be_a_plain_number(guest_host: RunningDaemon, domid: str) -> None:
+    # "²" passes str.isdigit() but not int(): one line, not a traceback.
+    argv = [sys.executable, "-m", "pyxenstored", "--ring", str(guest_host.directory)]
+    bad = subprocess.run(
+        [*argv, "--domid", domid, "read", "name"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [
+        f"pyxenstore: --domid takes a number, not {domid!r}"
+    ]

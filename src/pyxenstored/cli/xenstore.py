@@ -35,8 +35,9 @@ from pyxenstored.cli.control import control
 from pyxenstored.cli.migrate import migrate
 from pyxenstored.cli.modes import MODES, PERFORM, Job, run
 from pyxenstored.client import Client
-from pyxenstored.errors import XenstoreError
+from pyxenstored.errors import InvalidArgument, XenstoreError
 from pyxenstored.sim.ring import GuestRing
+from pyxenstored.wire.payload import parse_unsigned
 
 __all__ = ["main", "sanitise", "unsanitise"]
 
@@ -85,9 +86,11 @@ def connect(options: dict[str, str]) -> Client:
         raise CliExit("--ring and --domid go together")
     try:
         if ring is not None and domid is not None:
-            if not domid.isdigit():
-                raise CliExit(f"--domid takes a number, not {domid!r}")
-            return Client(transport=GuestRing(ring, int(domid)))
+            try:
+                number = parse_unsigned(domid)
+            except InvalidArgument:
+                raise CliExit(f"--domid takes a number, not {domid!r}") from None
+            return Client(transport=GuestRing(ring, number))
         return Client(options.get("--socket"))
     except OSError as exc:
         raise CliExit(f"xs_open: {exc.strerror or exc}") from None
