@@ -10,6 +10,7 @@ timer that makes a QUIESCE which cannot drain answer EBUSY in time.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -57,6 +58,13 @@ class RingClient(RingSession):
     def _expire(self) -> None:
         self._timer = None
         self.tick()
+        if self._quiesce_waiters and self.quiesce_deadline != math.inf:
+            # Early by the loop's clock (uvloop's timers have a millisecond
+            # grain and its time is read once per iteration): the deadline,
+            # on time.monotonic, has not passed yet.  Wait for the rest, or
+            # the QUIESCE would never answer EBUSY.
+            rest = max(self.quiesce_deadline - time.monotonic(), 0.001)
+            self._timer = asyncio.get_running_loop().call_later(rest, self._expire)
         self.daemon.flush()
 
     def _answer_quiesce(self, drained: bool) -> None:
