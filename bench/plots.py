@@ -129,13 +129,7 @@ def _latency(plt: Any, res: Results, out_dir: Path) -> Path | None:
                     color=COLORS[kind],
                     label=labels[kind],
                 )
-        ax.set_xscale("log")
-        _log_y(ax)
-        ax.set_xlabel("domains (47 nodes each)")
-        ax.set_ylabel("p50 latency (us, log scale)")
-        ax.set_title(_wrap(LAT_TITLES[test]), fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        _domains_axes(ax, "p50 latency (us, log scale)", _wrap(LAT_TITLES[test]))
     ax = flat[len(LAT_TESTS)]
     for kind in KINDS:
         mems = [r for r in res.memory_records(kind) if r.get("domains")]
@@ -147,13 +141,7 @@ def _latency(plt: Any, res: Results, out_dir: Path) -> Path | None:
                 color=COLORS[kind],
                 label=labels[kind],
             )
-    ax.set_xscale("log")
-    _log_y(ax)
-    ax.set_xlabel("domains (47 nodes each)")
-    ax.set_ylabel("resident memory (MiB)")
-    ax.set_title("daemon RSS", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    _domains_axes(ax, "resident memory (MiB)", "daemon RSS")
     fig.suptitle(
         "Request latency (libxenstore client) and memory against the number of domains"
     )
@@ -162,6 +150,17 @@ def _latency(plt: Any, res: Results, out_dir: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _domains_axes(ax: Any, ylabel: str, title: str) -> None:
+    """A big-tree panel: the number of domains across, both axes log."""
+    ax.set_xscale("log")
+    _log_y(ax)
+    ax.set_xlabel("domains (47 nodes each)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def _log_y(ax: Any) -> None:

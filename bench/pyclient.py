@@ -108,21 +108,33 @@ class Bench:
         }
         print(json.dumps(record), flush=True)
 
-    def seq_loop(self, client: Client, area: str) -> tuple[int, float]:
-        keys = [f"{area}/k{k}" for k in range(100)]
+    def timed(self, step: Callable[[int], bool], every: int = 16) -> tuple[int, float]:
+        """Run ``step(i)`` until ``duration`` has passed (the clock looked at
+        every ``every`` iterations, as xsbench) or ``max_iters`` iterations
+        counted; ``step`` returns False for one that does not count (a
+        transaction to redo).  Returns the count and the seconds taken."""
         t0 = time.monotonic()
         end = t0 + self.duration
         i = 0
         while i < self.max_iters:
-            if i % 16 == 0 and time.monotonic() >= end:
+            if i % every == 0 and time.monotonic() >= end:
                 break
+            if step(i):
+                i += 1
+        return i, time.monotonic() - t0
+
+    def seq_loop(self, client: Client, area: str) -> tuple[int, float]:
+        keys = [f"{area}/k{k}" for k in range(100)]
+
+        def pair(i: int) -> bool:
             path = keys[i % 100]
             value = b"v%08d" % i
             client.write(path, value)
             if client.read(path) != value:
                 raise RuntimeError(f"read mismatch at {path}")
-            i += 1
-        return i, time.monotonic() - t0
+            return True
+
+        return self.timed(pair)
 
     # -- tests --
 
@@ -132,17 +144,15 @@ class Bench:
         path = f"{self.base}/conn"
         with self.dom0() as c:
             c.write(path, b"v")
-        t0 = time.monotonic()
-        end = t0 + self.duration
-        i = 0
-        while i < self.max_iters:
-            if i % 16 == 0 and time.monotonic() >= end:
-                break
+
+        def connection(i: int) -> bool:
             with Client(self.socket) as c:
                 if c.read(path) != b"v":
                     raise RuntimeError(f"read mismatch at {path}")
-            i += 1
-        self.result("connection_open_close", 1, i, time.monotonic() - t0, "conns/s", 1)
+            return True
+
+        n, secs = self.timed(connection)
+        self.result("connection_open_close", 1, n, secs, "conns/s", 1)
 
     def test_seq(self) -> None:
         with self.guest(1) as c:
@@ -172,29 +182,23 @@ class Bench:
                 d.rm(parent)
 
     def _time_dir(self, client: Client, parent: str) -> None:
-        t0 = time.monotonic()
-        end = t0 + self.duration
-        i = 0
-        while i < self.max_iters:
-            if i % 8 == 0 and time.monotonic() >= end:
-                break
+        def listing(i: int) -> bool:
             got = client.directory(parent)
             if len(got) != 1000:
                 raise RuntimeError(f"directory: got {len(got)} entries")
-            i += 1
-        self.result("directory_1000", 1, i, time.monotonic() - t0, "listings/s", 1)
+            return True
+
+        n, secs = self.timed(listing, every=8)
+        self.result("directory_1000", 1, n, secs, "listings/s", 1)
 
     def test_txn(self) -> None:
         area = self.area("txn")
         paths = [f"{area}/k{k}" for k in range(10)]
         retries = 0
         with self.guest(1) as c:
-            t0 = time.monotonic()
-            end = t0 + self.duration
-            i = 0
-            while i < self.max_iters:
-                if i % 16 == 0 and time.monotonic() >= end:
-                    break
+
+            def transaction(i: int) -> bool:
+                nonlocal retries
                 tx = c.transaction_start()
                 value = b"v%d" % i
                 for path in paths:
@@ -203,10 +207,11 @@ class Bench:
                     c.transaction_end(tx)
                 except TransactionConflict:
                     retries += 1
-                    continue
-                i += 1
-            secs = time.monotonic() - t0
-        self.result("transaction_10_writes", 1, i, secs, "txn/s", 12, eagain=retries)
+                    return False
+                return True
+
+            n, secs = self.timed(transaction)
+        self.result("transaction_10_writes", 1, n, secs, "txn/s", 12, eagain=retries)
 
     def test_watch(self) -> None:
         if self.ring is None:
@@ -223,18 +228,15 @@ class Bench:
             writer.write(node, b"init")
             watcher.watch(node, "benchtok")
             self._wait_event(watcher, node)  # the initial event
-            t0 = time.monotonic()
-            end = t0 + self.duration
-            i = 0
-            while i < self.max_iters:
+
+            def event(i: int) -> bool:
                 a = time.monotonic()
-                if a >= end:
-                    break
                 writer.write(node, b"v%d" % i)
                 self._wait_event(watcher, node)
                 lat.append((time.monotonic() - a) * 1e6)
-                i += 1
-            secs = time.monotonic() - t0
+                return True
+
+            _, secs = self.timed(event, every=1)
             watcher.unwatch(node, "benchtok")
             if self.ring is not None:
                 writer.rm(node)
