@@ -118,12 +118,22 @@ def loads(world: World) -> dict[str, Callable[[int], int]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.engine", description=__doc__)
     parser.add_argument("--requests", type=int, default=REQUESTS)
-    parser.add_argument("--profile", metavar="LOAD", help="cProfile this load")
+    parser.add_argument(
+        "--profile",
+        metavar="LOAD",
+        help="cProfile the one load whose name contains LOAD (e.g. 'dom0 seq')",
+    )
     args = parser.parse_args(argv)
     world = World()
     table = loads(world)
     if args.profile:
-        run = table[args.profile]
+        named = [name for name in table if args.profile in name]
+        if len(named) != 1:
+            parser.error(
+                f"--profile {args.profile!r} names {len(named)} loads; one of: "
+                + "; ".join(table)
+            )
+        run = table[named[0]]
         profile = cProfile.Profile()
         profile.runcall(run, args.requests)
         pstats.Stats(profile).sort_stats("tottime").print_stats(20)

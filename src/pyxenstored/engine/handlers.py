@@ -87,10 +87,6 @@ def canonical(
     return path
 
 
-def _view(engine: Engine, tx: Transaction | None) -> tree.View:
-    return engine.store if tx is None else tx
-
-
 # -- nodes -----------------------------------------------------------------
 
 
@@ -99,7 +95,7 @@ def do_read(
 ) -> bytes:
     """READ: the node's value.  ENOENT, EACCES, EINVAL, ENOSPC."""
     path = canonical(engine, conn, one_arg(packet.payload))
-    return tree.read(_view(engine, tx), conn, path)
+    return tree.read(engine.store if tx is None else tx, conn, path)
 
 
 def do_write(
@@ -108,7 +104,7 @@ def do_write(
     """WRITE: set the value, creating nodes; OK.  EACCES, EINVAL, ENOSPC, ENOMEM."""
     text, value = split_value(packet.payload)
     path = canonical(engine, conn, text)
-    tree.write(_view(engine, tx), conn, path, value, engine.quotas)
+    tree.write(engine.store if tx is None else tx, conn, path, value, engine.quotas)
     return OK
 
 
@@ -117,7 +113,7 @@ def do_mkdir(
 ) -> bytes:
     """MKDIR: create the node if missing; OK.  EACCES, EINVAL, ENOSPC, ENOMEM."""
     path = canonical(engine, conn, one_arg(packet.payload))
-    tree.mkdir(_view(engine, tx), conn, path, engine.quotas)
+    tree.mkdir(engine.store if tx is None else tx, conn, path, engine.quotas)
     return OK
 
 
@@ -126,7 +122,7 @@ def do_rm(
 ) -> bytes:
     """RM: remove the node and its subtree; OK.  ENOENT, EACCES, EINVAL, EIO, ENOSPC."""
     path = canonical(engine, conn, one_arg(packet.payload))
-    tree.rm(_view(engine, tx), conn, path)
+    tree.rm(engine.store if tx is None else tx, conn, path)
     return OK
 
 
@@ -135,7 +131,7 @@ def do_directory(
 ) -> bytes:
     """DIRECTORY: the children's names.  ENOENT, EACCES, EINVAL, ENOSPC."""
     path = canonical(engine, conn, one_arg(packet.payload))
-    node = tree.directory(_view(engine, tx), conn, path)
+    node = tree.directory(engine.store if tx is None else tx, conn, path)
     return _listing(node, cache=tx is None)
 
 
@@ -169,7 +165,7 @@ def do_directory_part(
         raise InvalidArgument("DIRECTORY_PART takes a path and an offset")
     path = canonical(engine, conn, args[0])
     offset = parse_unsigned(args[1], "offset")
-    node = tree.directory(_view(engine, tx), conn, path)
+    node = tree.directory(engine.store if tx is None else tx, conn, path)
     listing = _listing(node, cache=tx is None)
     head = f"{node.generation}\0".encode()
     if offset >= len(listing):
@@ -193,7 +189,7 @@ def do_get_perms(
     if path[0] == "@":
         perms = _special(engine, conn, path, READ_BIT).perms
     else:
-        perms = tree.get_perms(_view(engine, tx), conn, path)
+        perms = tree.get_perms(engine.store if tx is None else tx, conn, path)
     return join_args(*format_perms(perms))
 
 
@@ -220,7 +216,7 @@ def do_set_perms(
         engine.store.changing(node)
         node.perms = perms
         return OK
-    tree.set_perms(_view(engine, tx), conn, path, perms, engine.quotas)
+    tree.set_perms(engine.store if tx is None else tx, conn, path, perms, engine.quotas)
     return OK
 
 

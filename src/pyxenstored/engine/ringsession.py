@@ -49,7 +49,7 @@ from pyxenstored.wire.ring import (
 if TYPE_CHECKING:
     from pyxenstored.engine.engine import Engine
 
-__all__ = ["Quiesce", "RingSession", "Tracing"]
+__all__ = ["Quiesce", "RingSession", "TraceSource", "Tracing"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,17 @@ class Tracing(Protocol):
     def output(self, conn: str, message: bytes) -> None: ...
 
     def note(self, conn: str, text: str) -> None: ...
+
+
+class TraceSource(Protocol):
+    """Who holds the trace in force (the daemon: it is switched on and off)."""
+
+    @property
+    def tracer(self) -> Tracing | None: ...
+
+
+class _NoTrace:
+    tracer = None
 
 
 class _Episode:
@@ -122,7 +133,7 @@ class RingSession:
         clock: Callable[[], float],
         event_timeout: float = 20.0,
         after_request: Callable[[], None] = lambda: None,
-        tracing: Callable[[], Tracing | None] = lambda: None,
+        tracing: TraceSource | None = None,
     ) -> None:
         self.engine = engine
         #: Seconds an event may wait for an unprivileged guest (0: for ever).
@@ -130,8 +141,9 @@ class RingSession:
         self._clock = clock
         #: Called after each request (the shell writes out every output).
         self._after_request = after_request
-        #: The trace in force now (it can be switched on and off).
-        self._tracing = tracing
+        #: Holds the trace in force now (looked up as an attribute: a
+        #: call per request and reply would cost more than the check).
+        self._trace_source: TraceSource = tracing or _NoTrace()
         self.conn = conn
         self.ring = ring
         self.name = f"dom{conn.domid}"
@@ -237,7 +249,7 @@ class RingSession:
         the pump reports the ring broken.
         """
         space = ring.reply_space()
-        tracer = self._tracing()
+        tracer = self._trace_source.tracer
         for i, message in enumerate(messages):
             if len(message) > space:
                 return messages[i:]
@@ -250,7 +262,7 @@ class RingSession:
 
     def _enqueue(self, messages: list[bytes]) -> None:
         limit = self.engine.quotas.for_domain(self.conn.domid).memory
-        tracer = self._tracing()
+        tracer = self._trace_source.tracer
         timeout = self._event_timeout()
         expires = self._clock() + timeout if timeout else math.inf
         for message in messages:
@@ -316,7 +328,7 @@ class RingSession:
         if discarded:
             timeout = self._event_timeout()
             self._expired.lost(self.name, discarded, f"events unread for {timeout:g} s")
-            tracer = self._tracing()
+            tracer = self._trace_source.tracer
             if tracer is not None:
                 # They were traced when queued; say they never went out.
                 tracer.note(self.name, f"{discarded} events discarded")
@@ -355,6 +367,8 @@ class RingSession:
         if ring is None:
             return
         decoder = self.decoder
+        # Once per pass: only privileged callers change quotas (SET_QUOTA,
+        # CONTROL), and a privileged domain's own ring has none.
         limits = self._limits()
         if self._queue and self._event_timeout() and self.quiesce is Quiesce.ACTIVE:
             self._discard_expired()
@@ -378,10 +392,11 @@ class RingSession:
                         self._kick = True
                         op, req_id, tx_id, _ = HEADER.unpack_from(data)
                         self._dispatch(Packet(op, req_id, tx_id, data[HEADER_SIZE:]))
-                        limits = self._limits()  # SET_QUOTA may have changed them
                         if self._queue and self._write(ring):
                             self._kick = True
                         continue
+                    if not self._queue and not ring.requests_pending():
+                        break  # the ring is empty and all output is out
                 progress = False
                 # Otherwise take what completes the message being received
                 # (one longer than the ring arrives in pieces).
@@ -396,7 +411,6 @@ class RingSession:
                     assert packet is not NEED_DATA
                     progress = True
                     self._dispatch(packet)
-                    limits = self._limits()
                 if self._queue and self._write(ring):
                     progress = self._kick = True
                 if not progress:
@@ -417,7 +431,7 @@ class RingSession:
             self._quiesced()
 
     def _dispatch(self, packet: Packet) -> None:
-        tracer = self._tracing()
+        tracer = self._trace_source.tracer
         if tracer is not None:
             tracer.request(self.name, packet)
         self.engine.handle(self.conn, packet)

@@ -363,6 +363,8 @@ class Daemon:
     def flush(self) -> None:
         """Write out everything the engine queued, to every connection."""
         engine = self.engine
+        if not engine.pending:
+            return  # (most calls: a wake-up that answered nothing)
         for conn in engine.take_pending():
             client = self.clients.get(conn.id)
             messages = conn.take_output()

@@ -27,7 +27,7 @@ import mmap
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from pyxenstored.engine.domains import DomainState
 from pyxenstored.errors import NoEntry
@@ -129,15 +129,17 @@ class EmulatedPlatform:
     def virq_port(self) -> int:
         return self._virq_port
 
-    def pending(self) -> Iterator[int]:
+    def pending(self) -> int | None:
         sock = self._sock
         assert sock is not None, "not open"
         try:
             data = sock.recv(64)
         except BlockingIOError:
-            return
-        if len(data) == KICK.size:
-            yield KICK.unpack(data)[0]
+            return None
+        if len(data) != KICK.size:
+            return None
+        port: int = KICK.unpack(data)[0]
+        return port
 
     # -- domains and rings ---------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from pyxenstored.engine.connections import Connection
@@ -61,11 +61,11 @@ class Platform(Protocol):
     def virq_port(self) -> int:
         """The local port of ``VIRQ_DOM_EXC`` (some domain changed state)."""
 
-    def pending(self) -> Iterable[int]:
-        """A kicked local port (none if there was none), as C reads one per
-        wake-up: the descriptor stays readable while more are pending, so
-        the loop calls again, and the usual wake-up (one kick) costs no
-        second read that finds nothing."""
+    def pending(self) -> int | None:
+        """A kicked local port, or None if there was none.  One per wake-up,
+        as C reads them: the descriptor stays readable while more are
+        pending, so the loop calls again, and the usual wake-up (one kick)
+        costs no second read that finds nothing."""
 
     def domain_state(self, domid: int) -> DomainState: ...
 
@@ -143,27 +143,22 @@ class Guests:
         self.platform.close()
 
     def _readable(self) -> None:
-        """Kicks arrived: serve the rings named, or look for dead domains."""
-        kicked: dict[int, RingClient] = {}
-        virq = unknown = False
-        virq_port = self.platform.virq_port
-        for port in self.platform.pending():
-            if port == virq_port:
-                virq = True
-            elif (client := self.by_port.get(port)) is not None:
-                kicked[port] = client
-            else:
-                unknown = True
-        if unknown:
+        """A kick arrived: serve the ring named, or look for dead domains."""
+        platform = self.platform
+        port = platform.pending()
+        if port is None:
+            return
+        if port == platform.virq_port:
+            self.daemon.engine.check_domains()
+        elif (client := self.by_port.get(port)) is not None:
+            client.process()
+        else:
             # A port we do not know (C scans every ring on any event): after
             # a live update under the peers' shim, whose port table does
             # not survive exec as the kernel's does, guests kick ports it
             # no longer names.
-            kicked = dict(self.by_port)
-        for client in kicked.values():
-            client.process()
-        if virq:
-            self.daemon.engine.check_domains()
+            for client in list(self.by_port.values()):
+                client.process()
         self.daemon.flush()
 
     def rescan(self) -> None:

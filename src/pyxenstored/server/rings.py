@@ -45,7 +45,7 @@ class RingClient(RingSession):
             clock=time.monotonic,
             event_timeout=daemon.config.watch_event_timeout,
             after_request=daemon.flush,
-            tracing=lambda: daemon.tracer,
+            tracing=daemon,
         )
         self.daemon = daemon
         self._timer: asyncio.TimerHandle | None = None

@@ -25,7 +25,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from pyxenstored.engine.domains import DomainState
 from pyxenstored.errors import NoEntry
@@ -147,13 +147,13 @@ class XenPlatform:
     def virq_port(self) -> int:
         return self._virq_port
 
-    def pending(self) -> Iterator[int]:
+    def pending(self) -> int | None:
         """A pending port, unmasked as it is read (C's handle_event)."""
         evtchn = self._events()
         port = evtchn.pending()
         if port is not None:
             evtchn.unmask(port)
-            yield port
+        return port
 
     # -- domains and rings ---------------------------------------------------
 

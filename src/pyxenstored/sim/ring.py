@@ -149,9 +149,18 @@ class GuestRing:
         return self._port
 
     def kick(self) -> None:
+        """Kick the daemon from the guest's own endpoint (its notify socket).
+
+        One socket for the guest's life, as a real guest has one event
+        channel: a socket made and closed per kick would charge its
+        tear-down to whichever daemon receives the kick.
+        """
         port = self._daemon_port()
-        if port is not None:
-            self._host.kick(port)
+        notify = self._notify
+        if port is None or notify is None:
+            return
+        with contextlib.suppress(OSError):
+            notify.sendto(KICK.pack(port), self._host.path("evtchn"))
 
     def drain_kicks(self) -> None:
         if self._notify is None:

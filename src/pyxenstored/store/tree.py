@@ -235,11 +235,19 @@ class Store:
             journal.append((_restore_node, node, _saved(node)))
 
     def touched(self, path: str, node: Node) -> None:
-        self._stamp(node)
-        self._share(node)
+        # Every write passes here: _stamp and _share written out.
+        self.generation += 1
+        node.generation = self.generation
+        pool = self._perm_lists
+        perms = pool.get(node.perms)
+        if perms is not None:
+            node.perms = perms
+        elif len(pool) < _PERM_LISTS_SHARED:
+            pool[node.perms] = node.perms
         charge = node_bytes(path, node)
-        self._charge(node.perms[0].domid, charge - node.acct)
-        node.acct = charge
+        if charge != node.acct:  # (a value of the same length: no change)
+            self._charge(node.perms[0].domid, charge - node.acct)
+            node.acct = charge
 
     def _count(self, domid: int, delta: int) -> None:
         counts = self.owner_counts
@@ -497,7 +505,7 @@ def _lookup(view: View, caller: Caller, path: str, want: int) -> Node:
     node = view.get(path)
     if node is None:
         raise _missing_error(view, caller, path, want)
-    if _access(caller, node.perms) & want != want:
+    if not caller.privileged and _access(caller, node.perms) & want != want:
         raise _denied(view, caller, path, want)
     return node
 
@@ -547,9 +555,9 @@ def write(view: View, caller: Caller, path: str, value: bytes, quotas: Quotas) -
     if node is None:
         _create(view, caller, path, value, quotas)
         return
-    if _access(caller, node.perms) & WRITE_BIT == 0:
-        raise _denied(view, caller, path, WRITE_BIT)
     if not caller.privileged:
+        if _access(caller, node.perms) & WRITE_BIT == 0:
+            raise _denied(view, caller, path, WRITE_BIT)
         _check_size(quotas, caller, Node(value, node.perms, node.children))
         grow = len(value) - len(node.value)
         _check_memory(view, quotas, caller, node.perms[0].domid, grow)

@@ -102,15 +102,12 @@ class Ring:
 
     # -- plain fields ---------------------------------------------------------
 
-    def _get(self, word: int) -> int:
-        return int(self._words[word])
-
     def _set(self, word: int, value: int) -> None:
         self._words[word] = value & _U32
 
     @property
     def server_features(self) -> int:
-        return self._get(_SERVER_FEATURES)
+        return self._words[_SERVER_FEATURES]
 
     @server_features.setter
     def server_features(self, value: int) -> None:
@@ -118,7 +115,7 @@ class Ring:
 
     @property
     def connection(self) -> int:
-        return self._get(_CONNECTION)
+        return self._words[_CONNECTION]
 
     @connection.setter
     def connection(self, value: int) -> None:
@@ -126,7 +123,7 @@ class Ring:
 
     @property
     def error(self) -> int:
-        return self._get(_ERROR)
+        return self._words[_ERROR]
 
     @error.setter
     def error(self, value: int) -> None:
@@ -143,53 +140,60 @@ class Ring:
         )
 
     # -- the two generic halves -------------------------------------------
+    #
+    # Every request and reply passes here, so the index reading, the check
+    # and the copy are written out in each method rather than shared
+    # through helpers: a Python call costs as much as the copy itself.
 
-    def _indices(self, cons_word: int, prod_word: int) -> tuple[int, int, int]:
-        """``(cons, prod, used)``: each index read once, then checked."""
+    def _consume(self, cons_word: int, prod_word: int, area: int, limit: int) -> bytes:
+        # The producer may move its index at any time: read once, check.
         words = self._words
-        cons = int(words[cons_word])
-        prod = int(words[prod_word])
+        cons = words[cons_word]
+        prod = words[prod_word]
         used = (prod - cons) & _U32
         if used > RING_SIZE:
             raise RingCorrupt(f"indices {cons:#x}/{prod:#x} are {used} bytes apart")
-        return cons, prod, used
-
-    def _copy_out(self, area: int, cons: int, n: int) -> bytes:
-        """``n`` bytes from index ``cons`` on, across the end of the ring."""
-        start = cons & _MASK
-        first = min(n, RING_SIZE - start)
-        page = self._page
-        data = bytes(page[area + start : area + start + first])
-        if first < n:
-            data += bytes(page[area : area + n - first])
-        return data
-
-    def _consume(self, cons_word: int, prod_word: int, area: int, limit: int) -> bytes:
-        # The producer may move its index at any time: read once (_indices).
-        cons, _, used = self._indices(cons_word, prod_word)
-        n = min(used, limit)
+        n = used if used < limit else limit
         if n <= 0:
             return b""
         # (barrier: indices before data)
-        data = self._copy_out(area, cons, n)
+        start = cons & _MASK
+        end = start + n
+        page = self._page
+        if end <= RING_SIZE:
+            data = bytes(page[area + start : area + end])
+        else:  # across the end of the ring
+            data = bytes(page[area + start : area + RING_SIZE]) + bytes(
+                page[area : area + end - RING_SIZE]
+            )
         # (barrier: data before releasing the space)
-        self._words[cons_word] = (cons + n) & _U32
+        words[cons_word] = (cons + n) & _U32
         return data
 
     def _produce(self, cons_word: int, prod_word: int, area: int, data: bytes) -> int:
-        # The consumer may move its index at any time: read once (_indices).
-        _, prod, used = self._indices(cons_word, prod_word)
-        n = min(RING_SIZE - used, len(data))
+        # The consumer may move its index at any time: read once, check.
+        words = self._words
+        cons = words[cons_word]
+        prod = words[prod_word]
+        used = (prod - cons) & _U32
+        if used > RING_SIZE:
+            raise RingCorrupt(f"indices {cons:#x}/{prod:#x} are {used} bytes apart")
+        n = RING_SIZE - used
+        if len(data) < n:
+            n = len(data)
         if n <= 0:
             return 0
         start = prod & _MASK
-        first = min(n, RING_SIZE - start)
+        end = start + n
         page = self._page
-        page[area + start : area + start + first] = data[:first]
-        if first < n:
-            page[area : area + n - first] = data[first:n]
+        if end <= RING_SIZE:
+            page[area + start : area + end] = data if n == len(data) else data[:n]
+        else:  # across the end of the ring
+            first = RING_SIZE - start
+            page[area + start : area + RING_SIZE] = data[:first]
+            page[area : area + end - RING_SIZE] = data[first:n]
         # (write barrier: data visible before the new index)
-        self._words[prod_word] = (prod + n) & _U32
+        words[prod_word] = (prod + n) & _U32
         return n
 
     # -- server side ------------------------------------------------------
@@ -213,11 +217,17 @@ class Ring:
         Raises:
             RingCorrupt: the guest's indices are inconsistent.
         """
-        cons, _, used = self._indices(_REQ_CONS, _REQ_PROD)
+        words = self._words
+        cons = words[_REQ_CONS]
+        prod = words[_REQ_PROD]
+        used = (prod - cons) & _U32
         if used < HEADER_SIZE:
             return b""
-        at = (cons & _MASK) + _LENGTH_AT
+        if used > RING_SIZE:
+            raise RingCorrupt(f"indices {cons:#x}/{prod:#x} are {used} bytes apart")
+        start = cons & _MASK
         page = self._page
+        at = start + _LENGTH_AT
         if at + 4 <= RING_SIZE:
             (length,) = _LENGTH.unpack_from(page, _REQ + at)
         else:
@@ -227,9 +237,15 @@ class Ring:
         n = HEADER_SIZE + length
         if n > used:
             return b""
-        data = self._copy_out(_REQ, cons, n)
+        end = start + n
+        if end <= RING_SIZE:
+            data = bytes(page[_REQ + start : _REQ + end])
+        else:  # across the end of the ring
+            data = bytes(page[_REQ + start : _REQ + RING_SIZE]) + bytes(
+                page[_REQ : _REQ + end - RING_SIZE]
+            )
         # (barrier: data before releasing the space)
-        self._words[_REQ_CONS] = (cons + n) & _U32
+        words[_REQ_CONS] = (cons + n) & _U32
         return data
 
     def write_replies(self, data: bytes) -> int:
@@ -250,10 +266,12 @@ class Ring:
         return w[_REQ_PROD] == w[_REQ_CONS] and w[_CONNECTION] == 0
 
     def requests_pending(self) -> int:
-        return (self._get(_REQ_PROD) - self._get(_REQ_CONS)) & _U32
+        w = self._words
+        return (w[_REQ_PROD] - w[_REQ_CONS]) & _U32
 
     def reply_space(self) -> int:
-        return RING_SIZE - ((self._get(_RSP_PROD) - self._get(_RSP_CONS)) & _U32)
+        w = self._words
+        return RING_SIZE - ((w[_RSP_PROD] - w[_RSP_CONS]) & _U32)
 
     def reset_indexes(self) -> None:
         """Zero all four indices (C's INTRODUCE; a reconnection)."""
