@@ -69,10 +69,12 @@ class Node:
         )
 
 
-def node_size(node: Node) -> int:
-    """Size charged by the ``node-size`` quota (PROTOCOL.md section 10)."""
-    childlen = sum(len(name) + 1 for name in node.children)
-    return 16 + 8 * len(node.perms) + len(node.value) + childlen
+def node_size(value: bytes, perms: Perms, children: Children) -> int:
+    """Size charged by the ``node-size`` quota (PROTOCOL.md section 10) for
+    a node of this value, permissions and children."""
+    # Each child name with its NUL; no generator (a frame per write).
+    childlen = sum(map(len, children)) + len(children)
+    return 16 + 8 * len(perms) + len(value) + childlen
 
 
 def node_bytes(path: str, node: Node) -> int:

@@ -28,6 +28,8 @@ Theory of operation:
 
 from __future__ import annotations
 
+import operator
+
 from pyxenstored.errors import NoSpace, OutOfMemory, TransactionConflict
 from pyxenstored.paths import parent_of
 from pyxenstored.perms import Perms
@@ -37,12 +39,19 @@ from pyxenstored.store.tree import Store
 
 __all__ = ["Transaction"]
 
+#: Sort key: the slashes of a path (no Python frame per path).
+_SLASHES = operator.methodcaller("count", "/")
 #: A generation no node ever has: a path recorded with it fails the commit.
 _CONFLICT = -1
 
 
-def _depth(path: str) -> int:
-    return 0 if path == "/" else path.count("/")
+def _parents_first(paths: dict[str, None]) -> list[str]:
+    """The paths with every parent before its children (by depth, stable)."""
+    order = sorted(paths, key=_SLASHES)
+    if "/" in paths:  # as many slashes as its children: put it first
+        order.remove("/")
+        order.insert(0, "/")
+    return order
 
 
 class Transaction:
@@ -213,8 +222,10 @@ class Transaction:
         if self.failed:
             raise OutOfMemory("transaction failed earlier")
         store = self.store
+        #: The committed node of each accessed path (walked once here).
+        committed: dict[str, Node | None] = {}
         for path, generation in self.accessed.items():
-            node = store.get(path)
+            node = committed[path] = store.get(path)
             if (None if node is None else node.generation) != generation:
                 raise TransactionConflict()
         for domid, delta in self.owner_delta.items():
@@ -223,7 +234,7 @@ class Transaction:
             if self.quotas.would_exceed(domid, "nodes", store.owned(domid) + delta):
                 raise NoSpace("node quota reached at commit")
         self._check_memory_at_commit()
-        fired = self._fired()
+        fired = self._fired(committed)
         # Removals first, while the committed tree still reaches them; then
         # the copies, parents before children, so each is linked under the
         # committed version of its parent (Store.replace).
@@ -231,13 +242,13 @@ class Transaction:
         for path in self.modified:
             if nodes[path] is None:
                 store.remove(path)
-        for path in sorted(self.modified, key=_depth):
+        for path in _parents_first(self.modified):
             node = nodes[path]
             if node is not None:
                 store.replace(path, node)
         return fired
 
-    def _fired(self) -> list[Change]:
+    def _fired(self, committed: dict[str, Node | None]) -> list[Change]:
         """The changes to fire at commit, before the commit applies them.
 
         C (``finalize_transaction``) applies the nodes one by one in the
@@ -253,21 +264,27 @@ class Transaction:
         store = self.store
         nodes = self.nodes
         modified = self.modified
+        changes = self.changes
         applied: set[str] = set()
         fired = []
         for path in self.accessed:
             if path in modified:
                 applied.add(path)
-            change = self.changes.get(path)
+            change = changes.get(path)
             if change is None:
                 continue
-            before = store.get(path)
+            before = committed[path]
             after = nodes[path]
             perms: tuple[Perms, ...] = () if before is None else (before.perms,)
             if after is not None:
                 perms += (after.perms,)
                 up = parent_of(path)
-                parent = nodes[up] if up in applied else store.get(up)
+                if up in applied:
+                    parent = nodes[up]
+                elif up in committed:
+                    parent = committed[up]
+                else:  # (siblings share it: walked once)
+                    parent = committed[up] = store.get(up)
                 if parent is not None:
                     perms += (parent.perms,)
             if perms:

@@ -383,12 +383,16 @@ class Store:
             self._add(path, node, parent)
             return
         owner = node.perms[0].domid
-        if old.perms[0].domid != owner:
-            self._count(old.perms[0].domid, -1)
+        old_owner = old.perms[0].domid
+        acct = node_bytes(path, node)
+        if old_owner != owner:
+            self._count(old_owner, -1)
             self._count(owner, 1)
-        self._charge(old.perms[0].domid, -old.acct)
-        node.acct = node_bytes(path, node)
-        self._charge(owner, node.acct)
+            self._charge(old_owner, -old.acct)
+            self._charge(owner, acct)
+        elif acct != old.acct:
+            self._charge(owner, acct - old.acct)
+        node.acct = acct
         self._stamp(node)
         self._share(node)
         if parent is None:
@@ -510,10 +514,19 @@ def _lookup(view: View, caller: Caller, path: str, want: int) -> Node:
     return node
 
 
-def _check_size(quotas: Quotas, caller: Caller, node: Node) -> None:
+def _check_size(
+    quotas: Quotas,
+    caller: Caller,
+    value: bytes,
+    perms: Perms,
+    children: Children = NO_CHILDREN,
+) -> None:
+    """ENOSPC if a node of this value, permissions and children is over
+    the caller's ``node-size`` quota."""
     if caller.privileged:
         return
-    if quotas.would_exceed(caller.domid, "node_size", node_size(node)):
+    size = node_size(value, perms, children)
+    if quotas.would_exceed(caller.domid, "node_size", size):
         raise NoSpace("node too large")
 
 
@@ -558,7 +571,7 @@ def write(view: View, caller: Caller, path: str, value: bytes, quotas: Quotas) -
     if not caller.privileged:
         if _access(caller, node.perms) & WRITE_BIT == 0:
             raise _denied(view, caller, path, WRITE_BIT)
-        _check_size(quotas, caller, Node(value, node.perms, node.children))
+        _check_size(quotas, caller, value, node.perms, node.children)
         grow = len(value) - len(node.value)
         _check_memory(view, quotas, caller, node.perms[0].domid, grow)
     view.changing(node)
@@ -597,10 +610,10 @@ def _create(
         if quotas.would_exceed(caller.domid, "nodes", owned):
             raise NoSpace("node quota reached")
         first = missing[-1]
-        grown = Node(parent.value, parent.perms, dict(parent.children))
-        grown.children[first[first.rfind("/") + 1 :]] = None
-        _check_size(quotas, caller, grown)
-        _check_size(quotas, caller, Node(value, perms))
+        grown = dict(parent.children)  # the parent with its new child
+        grown[first[first.rfind("/") + 1 :]] = None
+        _check_size(quotas, caller, parent.value, parent.perms, grown)
+        _check_size(quotas, caller, value, perms)
         cost = len(value) + sum(node_bytes(p, Node(b"", perms)) for p in missing)
         _check_memory(view, quotas, caller, caller.domid, cost)
     first = missing[-1]
@@ -736,7 +749,7 @@ def set_perms(
     if not caller.privileged and perms[0].domid != old[0].domid:
         raise NotPermitted("only the privileged domain may change the owner")
     if not caller.privileged:
-        _check_size(quotas, caller, Node(node.value, perms, node.children))
+        _check_size(quotas, caller, node.value, perms, node.children)
         grow = 8 * (len(perms) - len(old))
         _check_memory(view, quotas, caller, old[0].domid, grow)
     view.changing(node)
