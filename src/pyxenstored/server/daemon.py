@@ -131,6 +131,23 @@ class _SocketClient(asyncio.BufferedProtocol):
         return _READ_VIEW
 
     def buffer_updated(self, nbytes: int) -> None:
+        if nbytes >= HEADER_SIZE and not self.decoder.partial:
+            # The common case, one whole request and nothing buffered before
+            # it: straight from the read buffer, no copy through the decoder.
+            op, req_id, tx_id, length = HEADER.unpack_from(_READ_VIEW)
+            if nbytes == HEADER_SIZE + length and length <= PAYLOAD_MAX:
+                conn = self.conn
+                assert conn is not None
+                daemon = self.daemon
+                request = Packet(
+                    op, req_id, tx_id, bytes(_READ_VIEW[HEADER_SIZE:nbytes])
+                )
+                tracer = daemon.tracer
+                if tracer is not None:
+                    tracer.request(self.name, request)
+                daemon.engine.handle(conn, request)
+                daemon.flush()
+                return
         self.data_received(_READ_VIEW[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
@@ -138,18 +155,6 @@ class _SocketClient(asyncio.BufferedProtocol):
         assert conn is not None
         daemon = self.daemon
         decoder = self.decoder
-        if not decoder.partial and len(data) >= HEADER_SIZE:
-            # The common case, one whole request and nothing buffered before
-            # it: straight from the read buffer, no copy through the decoder.
-            op, req_id, tx_id, length = HEADER.unpack_from(data)
-            if len(data) == HEADER_SIZE + length and length <= PAYLOAD_MAX:
-                request = Packet(op, req_id, tx_id, bytes(data[HEADER_SIZE:]))
-                tracer = daemon.tracer
-                if tracer is not None:
-                    tracer.request(self.name, request)
-                daemon.engine.handle(conn, request)
-                daemon.flush()
-                return
         decoder.receive_data(data)
         handle = daemon.engine.handle
         while True:
@@ -363,10 +368,13 @@ class Daemon:
     def flush(self) -> None:
         """Write out everything the engine queued, to every connection."""
         engine = self.engine
-        if not engine.pending:
+        pending = engine.pending
+        if not pending:
             return  # (most calls: a wake-up that answered nothing)
-        for conn in engine.take_pending():
-            client = self.clients.get(conn.id)
+        engine.pending = {}  # Engine.take_pending, written out: every request
+        clients = self.clients
+        for conn in pending.values():
+            client = clients.get(conn.id)
             messages = conn.take_output()
             if client is not None and messages:
                 client.send(messages)

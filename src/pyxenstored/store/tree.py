@@ -232,7 +232,16 @@ class Store:
     def changing(self, node: Node) -> None:
         journal = self.journal
         if journal is not None:
-            journal.append((_restore_node, node, _saved(node)))
+            # What _restore_node puts back (written out: every write).
+            saved = (
+                node.value,
+                node.perms,
+                node.children,
+                node.generation,
+                node.acct,
+                node.listing,
+            )
+            journal.append((_restore_node, node, saved))
 
     def touched(self, path: str, node: Node) -> None:
         # Every write passes here: _stamp and _share written out.
@@ -421,17 +430,6 @@ _Undo = tuple[Any, ...]
 _ABSENT = Node(b"", ())
 
 _Saved = tuple[bytes, Perms, Children, int, int, "tuple[int, bytes] | None"]
-
-
-def _saved(node: Node) -> _Saved:
-    return (
-        node.value,
-        node.perms,
-        node.children,
-        node.generation,
-        node.acct,
-        node.listing,
-    )
 
 
 def _restore_node(node: Node, saved: _Saved) -> None:
