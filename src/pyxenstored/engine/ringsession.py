@@ -228,8 +228,24 @@ class RingSession:
         if ring is not None and not self._queue:
             # Nothing waits before them: straight into the ring, which
             # takes a reply whole nearly always (no queue entry to make).
+            # Only messages that fit whole are written (the guest only ever
+            # frees space); the rest is queued.  Inconsistent indices leave
+            # no space: the rest goes to the queue and the pump reports the
+            # ring broken.
             try:
-                messages = self._write_direct(ring, messages)
+                space = ring.reply_space()
+                tracer = self._trace_source.tracer
+                for i, message in enumerate(messages):
+                    if len(message) > space:
+                        messages = messages[i:]
+                        break
+                    ring.write_replies(message)
+                    space -= len(message)
+                    self._kick = True
+                    if tracer is not None:
+                        tracer.output(self.name, message)
+                else:
+                    messages = []
             except RingCorrupt as error:
                 self._fail(RingError.RINGIDX, str(error))
                 return
@@ -240,25 +256,6 @@ class RingSession:
                 return
         self._enqueue(messages)
         self.process()
-
-    def _write_direct(self, ring: Ring, messages: list[bytes]) -> list[bytes]:
-        """Write the messages that fit whole into the ring; return the rest.
-
-        The guest only ever frees space, so what fits now is written whole.
-        Inconsistent indices leave no space: the rest goes to the queue and
-        the pump reports the ring broken.
-        """
-        space = ring.reply_space()
-        tracer = self._trace_source.tracer
-        for i, message in enumerate(messages):
-            if len(message) > space:
-                return messages[i:]
-            ring.write_replies(message)
-            space -= len(message)
-            self._kick = True
-            if tracer is not None:
-                tracer.output(self.name, message)
-        return []
 
     def _enqueue(self, messages: list[bytes]) -> None:
         limit = self.engine.quotas.for_domain(self.conn.domid).memory
@@ -391,12 +388,19 @@ class RingSession:
                     if data:
                         self._kick = True
                         op, req_id, tx_id, _ = HEADER.unpack_from(data)
-                        self._dispatch(Packet(op, req_id, tx_id, data[HEADER_SIZE:]))
+                        request = Packet(op, req_id, tx_id, data[HEADER_SIZE:])
+                        # _dispatch, written out: every request passes here.
+                        tracer = self._trace_source.tracer
+                        if tracer is not None:
+                            tracer.request(self.name, request)
+                        self.engine.handle(self.conn, request)
+                        self._after_request()
                         if self._queue and self._write(ring):
                             self._kick = True
-                        continue
                     if not self._queue and not ring.requests_pending():
                         break  # the ring is empty and all output is out
+                    if data:
+                        continue
                 progress = False
                 # Otherwise take what completes the message being received
                 # (one longer than the ring arrives in pieces).

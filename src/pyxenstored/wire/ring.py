@@ -170,7 +170,13 @@ class Ring:
         words[cons_word] = (cons + n) & _U32
         return data
 
-    def _produce(self, cons_word: int, prod_word: int, area: int, data: bytes) -> int:
+    def _produce(
+        self,
+        data: bytes,
+        cons_word: int = _RSP_CONS,
+        prod_word: int = _RSP_PROD,
+        area: int = _RSP,
+    ) -> int:
         # The consumer may move its index at any time: read once, check.
         words = self._words
         cons = words[cons_word]
@@ -248,13 +254,11 @@ class Ring:
         words[_REQ_CONS] = (cons + n) & _U32
         return data
 
-    def write_replies(self, data: bytes) -> int:
-        """Server: put as much of ``data`` as fits into ``rsp``; return it.
-
-        Raises:
-            RingCorrupt: the guest's indices are inconsistent.
-        """
-        return self._produce(_RSP_CONS, _RSP_PROD, _RSP, data)
+    #: Server: put as much of ``data`` as fits into ``rsp``; return it.
+    #: (``_produce`` itself, whose defaults are ``rsp``'s: no second call
+    #: per reply.)  Raises :class:`RingCorrupt` when the guest's indices
+    #: are inconsistent.
+    write_replies = _produce
 
     def quiet(self) -> bool:
         """No request byte and no reconnection asked: nothing for the server.
@@ -282,7 +286,7 @@ class Ring:
 
     def write_requests(self, data: bytes) -> int:
         """Guest: put as much of ``data`` as fits into ``req``; return it."""
-        return self._produce(_REQ_CONS, _REQ_PROD, _REQ, data)
+        return self._produce(data, _REQ_CONS, _REQ_PROD, _REQ)
 
     def read_replies(self, limit: int = RING_SIZE) -> bytes:
         """Guest: take up to ``limit`` bytes off ``rsp``."""
