@@ -20,7 +20,7 @@ import signal
 import socket
 import stat
 import time
-from typing import Protocol, cast
+from typing import Protocol
 
 from pyxenstored.engine.connections import Connection
 from pyxenstored.engine.engine import Engine
@@ -89,14 +89,17 @@ class _SocketClient(asyncio.BufferedProtocol):
         self.name = "socket"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport.
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.set_write_buffer_limits(high=_PAUSE_AT)
+        # uvloop's transports do not subclass asyncio.Transport.  (Not
+        # typing.cast: a call at run time, on every connection.)
+        own: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = own
+        own.set_write_buffer_limits(high=_PAUSE_AT)
         if self.conn is None:
             self.conn = self.daemon.engine.connect_socket()
         self.name = f"conn{self.conn.id}"
         self.daemon.clients[self.conn.id] = self
-        log.debug("%s: connected", self.name)
+        if self.daemon.log_connections:
+            log.debug("%s: connected", self.name)
         saved, self._saved = self._saved, None
         if saved is not None:
             if saved.out_data:
@@ -209,7 +212,8 @@ class _SocketClient(asyncio.BufferedProtocol):
                     self.decoder.buffered,
                 )
             else:
-                log.debug("%s: disconnected", self.name)
+                if self.daemon.log_connections:
+                    log.debug("%s: disconnected", self.name)
             self.daemon.clients.pop(self.conn.id, None)
             self.daemon.engine.disconnect(self.conn)
             self.daemon.flush()
@@ -251,6 +255,9 @@ class Daemon:
         #: What a live update left for this program to take over.
         self.restored = restored
         self.updater = Updater(self)
+        #: Whether connections and disconnections are logged (debug): asked
+        #: once, here, rather than two logging calls per connection.
+        self.log_connections = log.isEnabledFor(logging.DEBUG)
 
     # -- CONTROL (the engine's Operator) ----------------------------------
 
