@@ -244,7 +244,7 @@ class Target:
         return f"not met ({why})"
 
 
-_SHORT_OF = "{short:.0f}% short"
+_SHORT_OF = "{short:.1f}% short"
 
 #: The performance issue's targets, in the report's order.
 TARGETS: tuple[Target, ...] = (

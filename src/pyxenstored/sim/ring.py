@@ -108,6 +108,8 @@ class GuestRing:
         self._mapping: mmap.mmap | None = None
         self._ring: Ring | None = None
         self._notify: socket.socket | None = None
+        #: Unbound and blocking, for kicks (see :meth:`kick`).
+        self._kicker: socket.socket | None = None
         self._port: int | None = None
         self._open(directory)
 
@@ -126,6 +128,7 @@ class GuestRing:
         sock.bind(path)
         sock.setblocking(False)
         self._notify = sock
+        self._kicker = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._port = None
 
     @property
@@ -149,18 +152,21 @@ class GuestRing:
         return self._port
 
     def kick(self) -> None:
-        """Kick the daemon from the guest's own endpoint (its notify socket).
+        """Kick the daemon through the guest's one kick socket.
 
         One socket for the guest's life, as a real guest has one event
         channel: a socket made and closed per kick would charge its
-        tear-down to whichever daemon receives the kick.
+        tear-down to whichever daemon receives the kick.  It blocks while
+        the daemon's queue of kicks is full: a kick is never lost (an
+        event channel's pending bit is not), so many guests kicking at
+        once wait their turn rather than stall until a rescan.
         """
         port = self._daemon_port()
-        notify = self._notify
-        if port is None or notify is None:
+        kicker = self._kicker
+        if port is None or kicker is None:
             return
         with contextlib.suppress(OSError):
-            notify.sendto(KICK.pack(port), self._host.path("evtchn"))
+            kicker.sendto(KICK.pack(port), self._host.path("evtchn"))
 
     def drain_kicks(self) -> None:
         if self._notify is None:
@@ -294,6 +300,9 @@ class GuestRing:
         if self._notify is not None:
             self._notify.close()
             self._notify = None
+        if self._kicker is not None:
+            self._kicker.close()
+            self._kicker = None
         # Wake a guest thread sleeping on the old socket: closing it from
         # another thread does not reliably wake a select() on it.
         with contextlib.suppress(BlockingIOError):
