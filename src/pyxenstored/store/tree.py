@@ -15,6 +15,7 @@ as it was at that first access.
 
 from __future__ import annotations
 
+import operator
 import sys
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -232,16 +233,7 @@ class Store:
     def changing(self, node: Node) -> None:
         journal = self.journal
         if journal is not None:
-            # What _restore_node puts back (written out: every write).
-            saved = (
-                node.value,
-                node.perms,
-                node.children,
-                node.generation,
-                node.acct,
-                node.listing,
-            )
-            journal.append((_restore_node, node, saved))
+            journal.append((_restore_node, node, _snapshot(node)))
 
     def touched(self, path: str, node: Node) -> None:
         # Every write passes here: _stamp and _share written out.
@@ -429,18 +421,15 @@ _Undo = tuple[Any, ...]
 #: In a journal: the child name was not there before.
 _ABSENT = Node(b"", ())
 
-_Saved = tuple[bytes, Perms, Children, int, int, "tuple[int, bytes] | None"]
+#: The fields of a node an undo step puts back.
+_NODE_FIELDS = ("value", "perms", "children", "generation", "acct", "listing")
+#: Their values, as a tuple (a C-level call: every write takes one).
+_snapshot = operator.attrgetter(*_NODE_FIELDS)
 
 
-def _restore_node(node: Node, saved: _Saved) -> None:
-    (
-        node.value,
-        node.perms,
-        node.children,
-        node.generation,
-        node.acct,
-        node.listing,
-    ) = saved
+def _restore_node(node: Node, saved: tuple[Any, ...]) -> None:
+    for name, value in zip(_NODE_FIELDS, saved, strict=True):
+        setattr(node, name, value)
 
 
 def _put_back(table: dict[int, int], key: int, old: int | None) -> None:

@@ -218,7 +218,8 @@ class Ring:
         Nothing is taken otherwise (a message still being written, or one
         longer than the ring, which only the byte-wise
         :meth:`read_requests` can receive).  It is the common case of a
-        guest's request, in one pass over the indices and one copy.
+        guest's request: the length is read from the header in the ring,
+        then the message is taken whole.
 
         Raises:
             RingCorrupt: the guest's indices are inconsistent.
@@ -243,16 +244,8 @@ class Ring:
         n = HEADER_SIZE + length
         if n > used:
             return b""
-        end = start + n
-        if end <= RING_SIZE:
-            data = bytes(page[_REQ + start : _REQ + end])
-        else:  # across the end of the ring
-            data = bytes(page[_REQ + start : _REQ + RING_SIZE]) + bytes(
-                page[_REQ : _REQ + end - RING_SIZE]
-            )
-        # (barrier: data before releasing the space)
-        words[_REQ_CONS] = (cons + n) & _U32
-        return data
+        # The guest only adds bytes, so this takes exactly the message.
+        return self._consume(_REQ_CONS, _REQ_PROD, _REQ, n)
 
     #: Server: put as much of ``data`` as fits into ``rsp``; return it.
     #: (``_produce`` itself, whose defaults are ``rsp``'s: no second call
