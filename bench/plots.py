@@ -115,6 +115,7 @@ def _latency(plt: Any, res: Results, out_dir: Path) -> Path | None:
                         daemon=kind,
                         test=test,
                         domains=s,
+                        pinned=False,
                         field="lat_us_p50",
                     ),
                 )

@@ -31,8 +31,9 @@ def header(res: Results) -> list[str]:
         "all figures unpinned (the daemon and its clients go wherever the "
         "scheduler puts them)"
         + (
-            f"; the pinned single-client figures (daemon and client on CPU "
-            f"{pin}) follow the headline tables"
+            f"; the pinned single-client figures and big-tree latency "
+            f"growth (daemon and client on CPU {pin}) follow the headline "
+            "tables"
             if isinstance(pin, int)
             else ""
         )

@@ -158,6 +158,30 @@ class Results:
         )
         return None if rec is None else as_int(rec["domains"])
 
+    def growth(
+        self, kind: str, test: str, domains: int, *, pinned: bool = False
+    ) -> list[float]:
+        """p50 latency of ``test`` on the daemon grown to ``domains`` over
+        that of the reference daemon (the smallest tree) measured in turn
+        with it, one ratio per repetition."""
+        sides = []
+        for match in (
+            {"phase": "scale", "domains": domains, "pinned": pinned},
+            {"phase": "scale_reference", "alongside": domains, "pinned": pinned},
+        ):
+            reps: dict[object, float] = {}
+            for (rep, _), value in self._by_rep(
+                **match, daemon=kind, test=test, field="lat_us_p50"
+            ).items():
+                reps[rep] = value
+            sides.append(reps)
+        grown, reference = sides
+        return [
+            grown[rep] / reference[rep]
+            for rep in grown
+            if rep is not None and reference.get(rep)
+        ]
+
     def watch_counts(self, *tests: str) -> list[int]:
         """The watch counts the ``tests`` ran with, fewest first."""
         return sorted(

@@ -6,7 +6,8 @@ pyxenstored / C.  The small-tree tables have a ceiling beside them: a
 do-nothing Python server on pyxenstored's event loop
 (``bench/nullserver.py``), run with the same clients in the same run, and
 the ratio pyxenstored / that server.  Every figure is measured unpinned
-(``--pin`` adds pinned single-client figures after the headline ones).
+(``--pin`` adds pinned single-client and big-tree latency figures after
+the headline ones).
 Raw results are JSON lines in
 ``/tmp/pyxenstored-bench/<time>/results.jsonl``, beside the tables
 (``report.md``, which starts with the machine and its load), the plots
@@ -281,8 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--pin",
         action="store_true",
         help="also run the single-client loads with the daemon and the client "
-        "on one CPU (tables after the unpinned ones), and measure the scale "
-        "phase's latencies that way",
+        "on one CPU (tables after the unpinned ones), and the scale phase's "
+        "latencies the same way after the unpinned ones",
     )
     # Unpinned is the default now; kept so that older command lines work.
     p.add_argument("--no-pin", action="store_true", help=argparse.SUPPRESS)

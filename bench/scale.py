@@ -19,7 +19,10 @@ out of it is measured at the size it reached, and the run says so.
 At each size: the daemon's resident memory (``/proc/PID/status``), and the
 latency of single requests measured with ``bench/xslat.c`` (libxenstore):
 read, write, directory, get_perms and a small transaction, spread over all
-domains.  At the largest size reached: 10 and then 10,000 watches
+domains.  Each is measured in turn with a second daemon of the same kind
+that holds the smallest tree for the whole phase, so that the growth with
+the tree's size is a ratio of figures taken seconds apart, not minutes.
+At the largest size reached: 10 and then 10,000 watches
 registered by one dom0 connection, and the cost of a write firing one of
 them or none.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -182,8 +186,9 @@ class ScaleConfig:
         self.lat_secs = lat_secs
         self.reps = reps
         self.watch_counts = list(watch_counts)
-        #: Run the daemon and the latency client on this one CPU while
-        #: measuring latency (None: wherever the scheduler puts them).
+        #: Measure the latencies again with the daemon and the latency
+        #: client on this one CPU (None: only unpinned, wherever the
+        #: scheduler puts them).
         self.pin_cpu = pin_cpu
 
 
@@ -233,8 +238,13 @@ def scale_daemon(
     """Start a fresh daemon, grow its tree, measure at each size, stop it."""
     per_domain, shared = node_counts()
     records: list[Record] = []
-    daemon = start(kind, directory)
     tag: Record = {"phase": "scale", "daemon": kind, "client": "libxenstore"}
+    reference = _reference(kind, directory / "reference", config.sizes[0])
+    try:
+        daemon = start(kind, directory)
+    except BaseException:
+        reference[0].stop()
+        raise
     try:
         mem0 = daemon.memory()
         records.append({**tag, "test": "memory", "domains": 0, "nodes": 0, **mem0})
@@ -297,14 +307,7 @@ def scale_daemon(
                 f"  [{kind}] {reached} domains, {nodes} nodes: "
                 f"RSS {mem['VmRSS']} kB; measuring latency"
             )
-            for rep in range(config.reps):
-                records += _xslat(
-                    xslat,
-                    daemon,
-                    ["-n", str(reached), "-d", str(config.lat_secs), *LAT_TESTS],
-                    {**tag, "rep": rep, "domains": reached},
-                    config.pin_cpu,
-                )
+            records += _latencies(xslat, daemon, reached, reference, config, tag)
             if last < size:
                 _log(f"  [{kind}] population budget spent: capped at {reached}")
                 break
@@ -323,8 +326,8 @@ def scale_daemon(
                     str(count),
                     *watch_tests,
                 ],
-                {**tag, "domains": reached, "watches": count},
-                config.pin_cpu,
+                {**tag, "domains": reached, "watches": count, "pinned": False},
+                None,
             )
             for i, record in enumerate(got):
                 record["rep"] = i // 2
@@ -334,4 +337,68 @@ def scale_daemon(
         records.append({**tag, "test": "*", "error": str(exc)})
     finally:
         daemon.stop()
+        reference[0].stop()
+    return records
+
+
+def _reference(kind: str, directory: Path, domains: int) -> tuple[Daemon, int]:
+    """A second daemon of ``kind`` holding the smallest tree, for the whole
+    phase: every latency is measured alternately with it (see
+    :func:`_latencies`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    daemon = start(kind, directory)
+    try:
+        _make_rings(directory, 1, domains)
+        last, _ = asyncio.run(
+            _populate(daemon.socket, 1, domains, math.inf, lambda done: None)
+        )
+        daemon.check("population of the reference tree")
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon, last
+
+
+def _latencies(
+    xslat: Path,
+    daemon: Daemon,
+    domains: int,
+    reference: tuple[Daemon, int],
+    config: ScaleConfig,
+    tag: Record,
+) -> list[Record]:
+    """Each request's latency on the grown daemon and, just before or
+    after it, on the reference daemon with the smallest tree.
+
+    Measured minutes apart, the two sizes drift with the machine (the same
+    code's growth read 0.7 in one run and 1.6 in another); measured in
+    turns, each repetition gives a ratio of figures taken within a second
+    of each other.  The order alternates between repetitions so that
+    neither side is always the first after a pause.  At the smallest size
+    the two daemons hold the same tree and the ratio shows the method's
+    own noise.
+    """
+    ref, ref_domains = reference
+    ref_tag = {**tag, "phase": "scale_reference", "alongside": domains}
+    records: list[Record] = []
+    cpus = [None] if config.pin_cpu is None else [None, config.pin_cpu]
+    for cpu in cpus:
+        for rep in range(config.reps):
+            for test in LAT_TESTS:
+                turns = [(daemon, domains, tag), (ref, ref_domains, ref_tag)]
+                if rep % 2:
+                    turns.reverse()
+                for which, size, base in turns:
+                    records += _xslat(
+                        xslat,
+                        which,
+                        ["-n", str(size), "-d", str(config.lat_secs), test],
+                        {
+                            **base,
+                            "rep": rep,
+                            "domains": size,
+                            "pinned": cpu is not None,
+                        },
+                        cpu,
+                    )
     return records
