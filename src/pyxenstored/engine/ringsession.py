@@ -209,7 +209,7 @@ class RingSession:
         if not missing or self.ring is None:
             return 0
         if self.quiesce is not Quiesce.ACTIVE:
-            return missing if self.decoder.partial else 0
+            return missing if self.decoder.buffer else 0
         return missing if self._may_dispatch(limits) else 0
 
     def _event_timeout(self) -> float:
@@ -346,7 +346,7 @@ class RingSession:
             ring is not None
             and not self._queue
             and not self._kick
-            and not self.decoder.partial
+            and not self.decoder.buffer
             and self.quiesce is Quiesce.ACTIVE
             and ring.quiet()
         ):
@@ -381,7 +381,7 @@ class RingSession:
                 # nothing half-received: one read, no decoder.
                 if (
                     self.quiesce is Quiesce.ACTIVE
-                    and not decoder.partial
+                    and not decoder.buffer
                     and self._may_dispatch(limits)
                 ):
                     data = ring.read_message()
@@ -429,7 +429,7 @@ class RingSession:
                 self._notify()
         if (
             self.quiesce is Quiesce.DRAINING
-            and not self.decoder.partial
+            and not self.decoder.buffer
             and not self._queue
         ):
             self._quiesced()

@@ -134,7 +134,7 @@ class _SocketClient(asyncio.BufferedProtocol):
         return _READ_VIEW
 
     def buffer_updated(self, nbytes: int) -> None:
-        if nbytes >= HEADER_SIZE and not self.decoder.partial:
+        if nbytes >= HEADER_SIZE and not self.decoder.buffer:
             # The common case, one whole request and nothing buffered before
             # it: straight from the read buffer, no copy through the decoder.
             op, req_id, tx_id, length = HEADER.unpack_from(_READ_VIEW)
@@ -441,7 +441,7 @@ class Daemon:
             if restored is None:
                 self._init_master()
         self._server = await loop.create_unix_server(
-            lambda: _SocketClient(self), sock=sock
+            functools.partial(_SocketClient, self), sock=sock
         )
         if restored is not None:
             await self._take_over(restored)

@@ -30,22 +30,28 @@ NEED_DATA = _Need.NEED_DATA
 class PacketDecoder:
     """Sans-IO decoder: ``receive_data()`` then ``next_packet()`` in a loop."""
 
+    __slots__ = ("buffer",)
+
     def __init__(self) -> None:
-        self._buf = bytearray()
+        #: Bytes received and not yet returned as a packet: empty between
+        #: messages.  Read-only to callers; the I/O shells test it directly
+        #: (``if decoder.buffer``) on every request, where the
+        #: :attr:`partial` property would cost a Python call.
+        self.buffer = bytearray()
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes read from the transport (copied: ``data`` may be reused)."""
-        self._buf += data
+        self.buffer += data
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as a packet."""
-        return len(self._buf)
+        return len(self.buffer)
 
     @property
     def partial(self) -> bool:
         """True while part of a message has been received."""
-        return bool(self._buf)
+        return bool(self.buffer)
 
     def missing(self) -> int:
         """Bytes still needed to complete the message being received.
@@ -53,7 +59,7 @@ class PacketDecoder:
         0 when a whole message (or a header announcing too much) is
         buffered; a header's worth when nothing is.
         """
-        buf = self._buf
+        buf = self.buffer
         have = len(buf)
         if have < HEADER_SIZE:
             return HEADER_SIZE - have
@@ -70,7 +76,7 @@ class PacketDecoder:
                 ``PAYLOAD_MAX`` payload bytes; the stream cannot be trusted
                 any more.
         """
-        buf = self._buf
+        buf = self.buffer
         if len(buf) < HEADER_SIZE:
             return NEED_DATA
         op, req_id, tx_id, length = HEADER.unpack_from(buf)
@@ -85,10 +91,10 @@ class PacketDecoder:
 
     def peek(self) -> bytes:
         """The bytes buffered, left in place (a live update saves them)."""
-        return bytes(self._buf)
+        return bytes(self.buffer)
 
     def clear(self) -> bytes:
         """Drop and return whatever partial input is buffered."""
-        data = bytes(self._buf)
-        self._buf.clear()
+        data = bytes(self.buffer)
+        self.buffer.clear()
         return data
