@@ -2,7 +2,7 @@
 #
 #   make test    install everything the tests need, then lint, type-check, test
 #   make demo    run the demonstration (a daemon, the CLI; see README.md)
-#   make bench   benchmark against C xenstored and oxenstored (~9 minutes;
+#   make bench   benchmark against C xenstored and oxenstored (~16 minutes;
 #                BENCH_ARGS=--quick for ~1; see docs/benchmarks.md)
 #   make fuzz    the protocol fuzzer, long version (FUZZ_EXAMPLES=10000, about
 #                four minutes; see docs/security.md)
