@@ -56,3 +56,13 @@ def ratio_cell(
     if len(vals) == 1:
         return med, f"{med:.2f}"
     return med, f"{med:.2f} [{min(vals):.2f}-{max(vals):.2f}]"
+
+
+def spread(values: list[float]) -> str:
+    """Ratios of a run's repetitions as a cell "median [min-max]"."""
+    if not values:
+        return "-"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{med:.2f}"
+    return f"{med:.2f} [{min(values):.2f}-{max(values):.2f}]"

@@ -158,29 +158,48 @@ class Results:
         )
         return None if rec is None else as_int(rec["domains"])
 
+    def paired(self, num: Record, den: Record, **common: object) -> list[float]:
+        """The figure of the records matching ``num`` over that of those
+        matching ``den`` (each also matching ``common``, with its
+        ``field``), one ratio per repetition: two figures measured in turn
+        within the same repetition."""
+        sides = []
+        for match in (num, den):
+            reps: dict[object, float] = {}
+            for (rep, _), value in self._by_rep(**match, **common).items():
+                reps[rep] = value
+            sides.append(reps)
+        top, bottom = sides
+        return [
+            top[rep] / bottom[rep] for rep in top if rep is not None and bottom.get(rep)
+        ]
+
     def growth(
         self, kind: str, test: str, domains: int, *, pinned: bool = False
     ) -> list[float]:
         """p50 latency of ``test`` on the daemon grown to ``domains`` over
         that of the reference daemon (the smallest tree) measured in turn
         with it, one ratio per repetition."""
-        sides = []
-        for match in (
-            {"phase": "scale", "domains": domains, "pinned": pinned},
-            {"phase": "scale_reference", "alongside": domains, "pinned": pinned},
-        ):
-            reps: dict[object, float] = {}
-            for (rep, _), value in self._by_rep(
-                **match, daemon=kind, test=test, field="lat_us_p50"
-            ).items():
-                reps[rep] = value
-            sides.append(reps)
-        grown, reference = sides
-        return [
-            grown[rep] / reference[rep]
-            for rep in grown
-            if rep is not None and reference.get(rep)
-        ]
+        return self.paired(
+            {"phase": "scale", "domains": domains},
+            {"phase": "scale_reference", "alongside": domains},
+            daemon=kind,
+            test=test,
+            pinned=pinned,
+            field="lat_us_p50",
+        )
+
+    def watch_cost(self, kind: str, test: str, lo: int, hi: int) -> list[float]:
+        """p50 latency of ``test`` with ``hi`` watches registered over that
+        with ``lo``, measured in turn, one ratio per repetition."""
+        return self.paired(
+            {"watches": hi},
+            {"watches": lo},
+            phase="scale",
+            daemon=kind,
+            test=test,
+            field="lat_us_p50",
+        )
 
     def watch_counts(self, *tests: str) -> list[int]:
         """The watch counts the ``tests`` ran with, fewest first."""

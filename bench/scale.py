@@ -311,33 +311,43 @@ def scale_daemon(
             if last < size:
                 _log(f"  [{kind}] population budget spent: capped at {reached}")
                 break
-        for count in config.watch_counts:
-            _log(f"  [{kind}] {count} watches at {reached} domains")
-            watch_tests = ["watch1", "nowatch"] * config.reps
-            got = _xslat(
-                xslat,
-                daemon,
-                [
-                    "-n",
-                    str(reached),
-                    "-d",
-                    str(config.lat_secs),
-                    "-W",
-                    str(count),
-                    *watch_tests,
-                ],
-                {**tag, "domains": reached, "watches": count, "pinned": False},
-                None,
-            )
-            for i, record in enumerate(got):
-                record["rep"] = i // 2
-            records += got
+        counts = ", ".join(f"{count:,}" for count in config.watch_counts)
+        _log(f"  [{kind}] {counts} watches in turn at {reached} domains")
+        records += _watch_costs(xslat, daemon, reached, config, tag)
         daemon.check("the scale loads")
     except DaemonDied as exc:
         records.append({**tag, "test": "*", "error": str(exc)})
     finally:
         daemon.stop()
         reference[0].stop()
+    return records
+
+
+def _watch_costs(
+    xslat: Path, daemon: Daemon, domains: int, config: ScaleConfig, tag: Record
+) -> list[Record]:
+    """A write firing one watch, and one firing none, with each count of
+    watches registered, the counts measured in turn (the order alternating
+    between repetitions) as the latencies are: one after the other, the
+    two read the machine's drift as much as the watches.  Each xslat run
+    registers its watches on a connection of its own; they go when it
+    exits."""
+    records: list[Record] = []
+    for rep in range(config.reps):
+        counts = list(config.watch_counts)
+        if rep % 2:
+            counts.reverse()
+        for count in counts:
+            records += _xslat(
+                xslat,
+                daemon,
+                [
+                    *("-n", str(domains), "-d", str(config.lat_secs)),
+                    *("-W", str(count), "watch1", "nowatch"),
+                ],
+                {**tag, "rep": rep, "domains": domains, "watches": count},
+                None,
+            )
     return records
 
 

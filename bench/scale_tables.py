@@ -7,9 +7,7 @@ cell says at what size).
 
 from __future__ import annotations
 
-import statistics
-
-from bench.cells import fmt, ratio
+from bench.cells import fmt, ratio, spread
 from bench.daemons import KINDS, NAMES
 from bench.labels import lat_name
 from bench.results import Results, as_float, as_int
@@ -135,21 +133,12 @@ def _growth(res: Results, sizes: list[int], *, pinned: bool) -> list[str]:
     ]
     for test in LAT_TESTS:
         cells = [
-            _spread(res.growth(kind, test, size, pinned=pinned))
+            spread(res.growth(kind, test, size, pinned=pinned))
             for kind, size, _ in columns
         ]
         out.append(f"| {lat_name(test)} | {' | '.join(cells)} |")
     out.append("")
     return out
-
-
-def _spread(values: list[float]) -> str:
-    if not values:
-        return "-"
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:.2f}"
-    return f"{med:.2f} [{min(values):.2f}-{max(values):.2f}]"
 
 
 def _memory(res: Results, sizes: list[int]) -> list[str]:
@@ -200,7 +189,9 @@ def _watches(res: Results) -> list[str]:
     lo, hi = counts[0], counts[-1]
     out = [
         f"**Watches** (one dom0 connection holds {lo:,} or {hi:,} watches, "
-        "one per domain's control/shutdown, at the largest tree; p50 us)",
+        "one per domain's control/shutdown, at the largest tree; p50 us, "
+        "median over repetitions; the two counts measured in turn, the ratio "
+        "per repetition: median [min-max])",
         "",
         f"| daemon | write firing 1 watch, {lo:,} watches | ... {hi:,} "
         f"watches | ratio | write firing none, {lo:,} | ... {hi:,} | ratio "
@@ -213,7 +204,7 @@ def _watches(res: Results) -> list[str]:
             m = {"phase": "scale", "daemon": kind, "test": test}
             a = res.median(**m, watches=lo, field="lat_us_p50")
             b = res.median(**m, watches=hi, field="lat_us_p50")
-            cells += [fmt(a, 1), fmt(b, 1), ratio(b, a)]
+            cells += [fmt(a, 1), fmt(b, 1), spread(res.watch_cost(kind, test, lo, hi))]
         reg = res.median(
             phase="scale",
             daemon=kind,

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from bench.cells import ratio_cell
+from bench.cells import ratio_cell, spread
 from bench.daemons import CEILING
 from bench.labels import lat_name
 from bench.results import Results
@@ -167,9 +167,7 @@ class LatencyGrowth(Measure):
             if ratios:
                 med = statistics.median(ratios)
                 worst = max(worst, med)
-                parts.append(
-                    f"{lat_name(test)} {med:.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
-                )
+                parts.append(f"{lat_name(test)} {spread(ratios)}")
         if not parts:
             return None
         return Reading(
@@ -182,7 +180,8 @@ class LatencyGrowth(Measure):
 @dataclass(frozen=True, slots=True)
 class WatchCost(Measure):
     """pyxenstored's p50 of a write firing one watch with the most watches
-    registered over that with the fewest."""
+    registered over that with the fewest, the two measured in turn (the
+    median of the ratios of the repetitions)."""
 
     def read(self, res: Results) -> Reading | None:
         counts = res.watch_counts("watch1")
@@ -192,10 +191,13 @@ class WatchCost(Measure):
         m = {"phase": "scale", "daemon": "py", "test": "watch1"}
         a = res.median(**m, watches=lo, field="lat_us_p50")
         b = res.median(**m, watches=hi, field="lat_us_p50")
-        if not a or not b:
+        ratios = res.watch_cost("py", "watch1", lo, hi)
+        if not a or not b or not ratios:
             return None
         return Reading(
-            b / a, f"{a:.1f} us vs {b:.1f} us ({b / a:.2f}x)", {"lo": lo, "hi": hi}
+            statistics.median(ratios),
+            f"{a:.1f} us vs {b:.1f} us ({spread(ratios)}x)",
+            {"lo": lo, "hi": hi},
         )
 
 
