@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -559,3 +561,52 @@ def test_async_pipeline_answers_in_order(daemon: RunningDaemon) -> None:
             assert await client.read("/pipe/k7") == b"v7"
 
     asyncio.run(run())
+
+
+def test_async_connect_waits_while_the_listen_backlog_is_full(short_tmp: Path) -> None:
+    """EAGAIN from a Unix socket's connect means the backlog is full and
+    nothing connected: the client retries, rather than take asyncio's
+    "in progress" path and write into a socket that never connected."""
+    path = str(short_tmp / "busy")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    queued = []
+    while True:  # fill the backlog with connections nobody accepts yet
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+        except BlockingIOError:
+            sock.close()
+            break
+        queued.append(sock)
+    received: list[bytes] = []
+
+    def accept_late() -> None:
+        time.sleep(0.1)
+        for _ in queued:
+            listener.accept()[0].close()
+        conn, _ = listener.accept()  # the client's, once there is room
+        conn.settimeout(5)
+        with conn:
+            received.append(conn.recv(5))
+
+    acceptor = threading.Thread(target=accept_late)
+    acceptor.start()
+
+    async def client() -> None:
+        transport = await AsyncUnixTransport.connect(path)
+        try:
+            await transport.send_all(b"hello")
+        finally:
+            await transport.aclose()
+
+    try:
+        asyncio.run(client())
+    finally:
+        acceptor.join(10)
+        for sock in queued:
+            sock.close()
+        listener.close()
+    assert received == [b"hello"]

@@ -163,11 +163,13 @@ async def guest(
     domid: int, directory: str, deadline: float, tally: Tally, rng: random.Random
 ) -> None:
     """One guest over its ring: its own data/ area, watches, transactions."""
-    ring = AsyncGuestRing(directory, domid)
-    client = AsyncClient(transport=ring)
+    client: AsyncClient | None = None
     home = f"/local/domain/{domid}"
     step = 0
     try:
+        # Inside the try: with a short run, the driver may destroy a doomed
+        # domain before this process has even mapped its ring page.
+        client = AsyncClient(transport=AsyncGuestRing(directory, domid))
         await bounded(client.watch("data", "soak"))
         while time.monotonic() < deadline:
             step += 1
@@ -204,8 +206,9 @@ async def guest(
             for path in [p for p in tally.committed if p.startswith(home + "/")]:
                 del tally.committed[path]
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.aclose(), 2)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.aclose(), 2)
 
 
 def _alive(directory: str, domid: int) -> bool:

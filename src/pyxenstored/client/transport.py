@@ -219,8 +219,9 @@ def open_transport(path: str | None = None) -> Transport:
 class AsyncUnixTransport:
     """An asyncio Unix stream socket."""
 
-    #: C xenstored listens with a backlog of 1; a non-blocking connect then
-    #: fails with EAGAIN while others connect, so retry for a while.
+    #: C xenstored listens with a backlog of 1, and any daemon's backlog
+    #: fills when many clients connect at once: a non-blocking connect then
+    #: fails with EAGAIN, so retry for a while.
     CONNECT_ATTEMPTS = 50
 
     def __init__(
@@ -238,15 +239,32 @@ class AsyncUnixTransport:
             OSError: nothing accepts connections at the path.
         """
         path = socket_path() if path is None else path
+        # The connect is ours, not the loop's: asyncio's own loop takes
+        # EAGAIN from a Unix socket's connect for "in progress", as on TCP,
+        # waits until the socket is writable and hands over a socket that
+        # never connected (the first write then fails: connection lost).
+        # On a Unix socket EAGAIN means the listener's backlog is full and
+        # nothing was started.
         for attempt in range(cls.CONNECT_ATTEMPTS):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
             try:
-                reader, writer = await asyncio.open_unix_connection(path)
+                sock.connect(path)
             except BlockingIOError:
+                sock.close()
                 if attempt == cls.CONNECT_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(0.01 * (attempt + 1))
-            else:
-                return cls(reader, writer)
+                continue
+            except OSError:
+                sock.close()
+                raise
+            try:
+                reader, writer = await asyncio.open_unix_connection(sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+            return cls(reader, writer)
         raise AssertionError("unreachable")
 
     async def send_all(self, data: bytes) -> None:
