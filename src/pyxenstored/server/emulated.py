@@ -60,7 +60,7 @@ class EmulatedPlatform:
         self._sock: socket.socket | None = None
         self._inherited_fd = evtchn_fd
         self._next_port = 1
-        self._virq_port = 0
+        self.virq_port = 0
         #: The domain of each bound port (for the ``port-N`` files).
         self._domain_of: dict[int, int] = dict(ports or {})
         #: The port each domain was last given: bound again, it keeps it.
@@ -101,8 +101,8 @@ class EmulatedPlatform:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._sock = sock
-        self._virq_port = self._alloc_port()
-        self._write_small("virq-port", f"{self._virq_port}\n")
+        self.virq_port = self._alloc_port()
+        self._write_small("virq-port", f"{self.virq_port}\n")
 
     def prepare_exec(self) -> int:
         """Live update: the event-channel socket, kept open across exec."""
@@ -124,10 +124,6 @@ class EmulatedPlatform:
     def fileno(self) -> int:
         assert self._sock is not None, "not open"
         return self._sock.fileno()
-
-    @property
-    def virq_port(self) -> int:
-        return self._virq_port
 
     def pending(self) -> int | None:
         sock = self._sock

@@ -57,9 +57,10 @@ class Platform(Protocol):
     def fileno(self) -> int:
         """The one file descriptor that becomes readable on a kick."""
 
-    @property
-    def virq_port(self) -> int:
-        """The local port of ``VIRQ_DOM_EXC`` (some domain changed state)."""
+    #: The local port of ``VIRQ_DOM_EXC`` (some domain changed state); 0
+    #: while unbound.  An attribute, not a property: every kick compares
+    #: against it.
+    virq_port: int
 
     def pending(self) -> int | None:
         """A kicked local port, or None if there was none.  One per wake-up,

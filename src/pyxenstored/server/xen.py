@@ -60,7 +60,7 @@ class XenPlatform:
         self._gnttab: xenlibs.GrantTables | None = None
         self._evtchn: xenlibs.EventChannels | None = None
         self._dom0: xenlibs.Dom0Xenbus | None = None
-        self._virq_port = 0
+        self.virq_port = 0
 
     # -- life cycle ----------------------------------------------------------
 
@@ -80,7 +80,7 @@ class XenPlatform:
             else:
                 self._evtchn = xenlibs.EventChannels.fdopen(self._inherited_fd)
             try:
-                self._virq_port = self._evtchn.bind_virq(VIRQ_DOM_EXC)
+                self.virq_port = self._evtchn.bind_virq(VIRQ_DOM_EXC)
             except OSError as error:
                 if error.errno == errno.EEXIST:
                     raise AnotherDaemon(
@@ -101,9 +101,9 @@ class XenPlatform:
         The interdomain ports stay bound in the kernel with the fd.
         """
         evtchn = self._events()
-        if self._virq_port:
-            self._unbind_quietly(self._virq_port)
-            self._virq_port = 0
+        if self.virq_port:
+            self._unbind_quietly(self.virq_port)
+            self.virq_port = 0
         fd = evtchn.fileno()
         os.set_inheritable(fd, True)
         return fd
@@ -112,14 +112,14 @@ class XenPlatform:
         """The exec did not happen: serve on as before."""
         evtchn = self._events()
         os.set_inheritable(evtchn.fileno(), False)
-        if not self._virq_port:
-            self._virq_port = evtchn.bind_virq(VIRQ_DOM_EXC)
+        if not self.virq_port:
+            self.virq_port = evtchn.bind_virq(VIRQ_DOM_EXC)
 
     def close(self) -> None:
         if self._evtchn is not None:
-            if self._virq_port:
-                self._unbind_quietly(self._virq_port)
-                self._virq_port = 0
+            if self.virq_port:
+                self._unbind_quietly(self.virq_port)
+                self.virq_port = 0
             self._evtchn.close()
             self._evtchn = None
         if self._gnttab is not None:
@@ -142,10 +142,6 @@ class XenPlatform:
 
     def fileno(self) -> int:
         return self._events().fileno()
-
-    @property
-    def virq_port(self) -> int:
-        return self._virq_port
 
     def pending(self) -> int | None:
         """A pending port, unmasked as it is read (C's handle_event)."""
