@@ -50,12 +50,7 @@ def ratio_cell(
     """The median of the per-repetition ratios ``num`` / ``den`` (see
     :meth:`Results.ratios`) and a cell "median [min-max]"."""
     vals = res.ratios(num, den, **match)
-    if not vals:
-        return None, "-"
-    med = statistics.median(vals)
-    if len(vals) == 1:
-        return med, f"{med:.2f}"
-    return med, f"{med:.2f} [{min(vals):.2f}-{max(vals):.2f}]"
+    return (statistics.median(vals) if vals else None), spread(vals)
 
 
 def spread(values: list[float]) -> str:

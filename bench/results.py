@@ -78,10 +78,17 @@ class Results:
         ``match``, each with its ``daemon``), so the ratios' spread is the
         run's noise on the ratio itself.
         """
+        return self.paired({"daemon": num}, {"daemon": den}, **match)
+
+    def paired(self, num: Record, den: Record, **common: object) -> list[float]:
+        """The figure of the records matching ``num`` over that of those
+        matching ``den`` (each also matching ``common``, with its
+        ``field``), one ratio per repetition: two figures measured in the
+        same repetition (the median, where a side has several)."""
         sides = []
-        for kind in (num, den):
+        for side in (num, den):
             reps: dict[object, list[float]] = {}
-            for (rep, _), value in self._by_rep(**match, daemon=kind).items():
+            for (rep, _), value in self._by_rep(**side, **common).items():
                 reps.setdefault(rep, []).append(value)
             sides.append({rep: statistics.median(v) for rep, v in reps.items()})
         top, bottom = sides
@@ -157,22 +164,6 @@ class Results:
             None,
         )
         return None if rec is None else as_int(rec["domains"])
-
-    def paired(self, num: Record, den: Record, **common: object) -> list[float]:
-        """The figure of the records matching ``num`` over that of those
-        matching ``den`` (each also matching ``common``, with its
-        ``field``), one ratio per repetition: two figures measured in turn
-        within the same repetition."""
-        sides = []
-        for match in (num, den):
-            reps: dict[object, float] = {}
-            for (rep, _), value in self._by_rep(**match, **common).items():
-                reps[rep] = value
-            sides.append(reps)
-        top, bottom = sides
-        return [
-            top[rep] / bottom[rep] for rep in top if rep is not None and bottom.get(rep)
-        ]
 
     def growth(
         self, kind: str, test: str, domains: int, *, pinned: bool = False

@@ -22,8 +22,8 @@ read, write, directory, get_perms and a small transaction, spread over all
 domains.  Each is measured in turn with a second daemon of the same kind
 that holds the smallest tree for the whole phase, so that the growth with
 the tree's size is a ratio of figures taken seconds apart, not minutes.
-At the largest size reached: 10 and then 10,000 watches
-registered by one dom0 connection, and the cost of a write firing one of
+At the largest size reached: 10 and 10,000 watches registered by one dom0
+connection, the two counts in turn, and the cost of a write firing one of
 them or none.
 """
 
