@@ -15,7 +15,12 @@
 # Needs Debian (root, for apt) and Python >= 3.11.  The real C xenstored and
 # the Debian client tools come from ../shared/peers (see its README).
 
-PYTHON ?= python3
+# Debian's own python3 where there is one: the interpreter a Debian dom0
+# runs the daemon with.  A CPython built from source with the defaults
+# (pyenv's: libpython shared, no PGO or LTO), found first on some PATHs,
+# runs the same daemon ~9% more instructions and ~20% slower per request
+# (docs/benchmarks.md, "Which Python").  PYTHON=... chooses another.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PEERS ?= ../shared/peers
@@ -31,8 +36,11 @@ SOAK_SECONDS ?= 60
 
 test: lint typecheck pytest
 
+# Debian's python3 makes virtualenvs only with python3-venv installed.
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && \
+		$(PYTHON) -m venv --clear $(VENV); }
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import re
 import shutil
 import signal
@@ -44,7 +45,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.daemons import NAMES, PY_EVENT_LOOP, REPO, peers_dir
+from bench.daemons import NAMES, PY_EVENT_LOOP, REPO, peers_dir, python_interpreter
 from pyxenstored.client import Client
 from pyxenstored.sim.ring import GuestRing, HostDir
 from pyxenstored.sim.toolstack import Toolstack
@@ -318,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(kinds, loads, args.n, args.keep)
     print(
         "Instructions per request (callgrind, the whole daemon process; "
-        f"{args.n} iterations per load after a warm-up)\n"
+        f"{args.n} iterations per load after a warm-up; Python "
+        f"{platform.python_version()}, {python_interpreter()})\n"
     )
     print(_table(kinds, loads, results))
     return 0

@@ -38,6 +38,10 @@ def header(res: Results) -> list[str]:
             else ""
         )
     )
+    # Older records have no interpreter path.
+    interpreter = (
+        f" ({first['python_interpreter']})" if "python_interpreter" in first else ""
+    )
     return [
         f"pyxenstored benchmark, {first.get('started', '?')}: "
         f"{first.get('reps', '?')} repetition(s) of {first.get('duration', '?')} s "
@@ -47,7 +51,7 @@ def header(res: Results) -> list[str]:
         "",
         f"Machine: {first.get('cpu_model', '?')}, {first.get('nproc', '?')} CPUs "
         f"(nproc), Linux {first.get('kernel', '?')}, Python "
-        f"{first.get('python', '?')}; load average (1, 5, 15 min) "
+        f"{first.get('python', '?')}{interpreter}; load average (1, 5, 15 min) "
         f"{first.get('loadavg', '?')} at the start, {last.get('loadavg', '?')} "
         f"at the end; {pinning}.",
         "",

@@ -64,6 +64,7 @@ from bench.daemons import (
     Daemon,
     DaemonDied,
     peers_dir,
+    python_interpreter,
     start,
 )
 from bench.micro import prepare_guests, run_load, xsbench_path
@@ -118,6 +119,7 @@ def machine() -> Record:
         "nproc": os.cpu_count(),
         "cpu_model": model,
         "python": platform.python_version(),
+        "python_interpreter": python_interpreter(),
         "kernel": platform.release(),
         "loadavg": _loadavg(),
         "source": _source_state(),
