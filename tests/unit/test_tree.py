@@ -18,7 +18,7 @@ from pyxenstored.perms import Access, Perm
 from pyxenstored.store import Quotas
 from pyxenstored.store.node import NO_CHILDREN
 from pyxenstored.store.transaction import Transaction
-from pyxenstored.store.tree import Store, directory, mkdir, read, rm, write
+from pyxenstored.store.tree import Store, lookup, mkdir, rm, write
 
 
 class Dom0:
@@ -71,11 +71,11 @@ def populated() -> Store:
 
 def test_lookups_walk_the_links() -> None:
     store = populated()
-    assert read(store, DOM0, "/a/b/c") == b"/a/b/c"
+    assert lookup(store, DOM0, "/a/b/c").value == b"/a/b/c"
     assert store.get("/a/b/x") is None
     assert store.get("/a/b/c/deeper") is None
     assert store.get("/nowhere/at/all") is None
-    assert list(directory(store, DOM0, "/a/b").children) == ["c", "d"]
+    assert list(lookup(store, DOM0, "/a/b").children) == ["c", "d"]
     assert list(shape(store)) == [
         "/",
         "/tool",
@@ -133,7 +133,7 @@ def test_commit_keeps_children_others_did_not_touch() -> None:
     store = populated()
     t = tx(store)
     # The transaction reads /a/b (a private copy with its child links)...
-    assert list(directory(t, DOM0, "/a/b").children) == ["c", "d"]
+    assert list(lookup(t, DOM0, "/a/b").children) == ["c", "d"]
     mkdir(t, DOM0, "/a/b", QUOTAS)
     # ...and modifies a child, then the commit installs both.
     write(t, DOM0, "/a/b/d", b"new d", QUOTAS)

@@ -58,7 +58,7 @@ from pyxenstored.store.transaction import Transaction
 from pyxenstored.store.tree import Store
 from pyxenstored.watches import WatchTable
 from pyxenstored.wire.ops import PAYLOAD_MAX, Op, ServerFeature
-from pyxenstored.wire.packet import Packet, encode_packet
+from pyxenstored.wire.packet import HEADER, Packet, encode_packet
 from pyxenstored.wire.payload import ENCODING
 
 __all__ = ["Engine", "EngineConfig"]
@@ -378,8 +378,10 @@ class Engine:
             if len(payload) > PAYLOAD_MAX:
                 self.reply_error(conn, packet, TooBig.code)
                 return
+            # encode_packet, written out (its size check is the one above).
             conn.out.append(
-                encode_packet(packet.op, packet.req_id, packet.tx_id, payload)
+                HEADER.pack(packet.op, packet.req_id, packet.tx_id, len(payload))
+                + payload
             )
             self.pending[conn.id] = conn
 

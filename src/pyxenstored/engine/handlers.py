@@ -95,7 +95,7 @@ def do_read(
 ) -> bytes:
     """READ: the node's value.  ENOENT, EACCES, EINVAL, ENOSPC."""
     path = canonical(engine, conn, one_arg(packet.payload))
-    return tree.read(engine.store if tx is None else tx, conn, path)
+    return tree.lookup(engine.store if tx is None else tx, conn, path).value
 
 
 def do_write(
@@ -131,7 +131,7 @@ def do_directory(
 ) -> bytes:
     """DIRECTORY: the children's names.  ENOENT, EACCES, EINVAL, ENOSPC."""
     path = canonical(engine, conn, one_arg(packet.payload))
-    node = tree.directory(engine.store if tx is None else tx, conn, path)
+    node = tree.lookup(engine.store if tx is None else tx, conn, path)
     return _listing(node, cache=tx is None)
 
 
@@ -165,7 +165,7 @@ def do_directory_part(
         raise InvalidArgument("DIRECTORY_PART takes a path and an offset")
     path = canonical(engine, conn, args[0])
     offset = parse_unsigned(args[1], "offset")
-    node = tree.directory(engine.store if tx is None else tx, conn, path)
+    node = tree.lookup(engine.store if tx is None else tx, conn, path)
     listing = _listing(node, cache=tx is None)
     head = f"{node.generation}\0".encode()
     if offset >= len(listing):
@@ -189,7 +189,7 @@ def do_get_perms(
     if path[0] == "@":
         perms = _special(engine, conn, path, READ_BIT).perms
     else:
-        perms = tree.get_perms(engine.store if tx is None else tx, conn, path)
+        perms = tree.lookup(engine.store if tx is None else tx, conn, path).perms
     return join_args(*format_perms(perms))
 
 

@@ -391,7 +391,11 @@ class Daemon:
         clients = self.clients
         for conn in pending.values():
             client = clients.get(conn.id)
-            messages = conn.take_output()
+            # Connection.take_output, written out: every request passes here.
+            messages = conn.out
+            conn.out = []
+            if conn.queued_events:
+                conn.queued_events.clear()
             if client is not None and messages:
                 client.send(messages)
 

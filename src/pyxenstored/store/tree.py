@@ -1,10 +1,10 @@
 """The committed tree and the data operations on any view of it.
 
-The operations (:func:`read`, :func:`write`, :func:`mkdir`, :func:`rm`,
-:func:`directory`, :func:`get_perms`, :func:`set_perms`) are written once
-against the small :class:`View` interface.  :class:`Store` is the view of
-the committed tree; :class:`~pyxenstored.store.transaction.Transaction` is
-the view through an open transaction.  Every operation validates
+The operations (:func:`lookup`, :func:`write`, :func:`mkdir`, :func:`rm`,
+:func:`set_perms`) are written once against the small :class:`View`
+interface.  :class:`Store` is the view of the committed tree;
+:class:`~pyxenstored.store.transaction.Transaction` is the view through an
+open transaction.  Every operation validates
 everything (permissions, quotas) before it changes anything, so a refused
 request leaves no trace.
 
@@ -54,10 +54,8 @@ __all__ = [
     "Caller",
     "Store",
     "View",
-    "directory",
-    "get_perms",
+    "lookup",
     "mkdir",
-    "read",
     "rm",
     "set_perms",
     "write",
@@ -491,8 +489,12 @@ def _denied(view: View, caller: Caller, path: str, want: int) -> XsError:
     return PermissionDenied()
 
 
-def _lookup(view: View, caller: Caller, path: str, want: int) -> Node:
-    """The node at ``path``, which the caller must be allowed to ``want``."""
+def lookup(view: View, caller: Caller, path: str, want: int = READ_BIT) -> Node:
+    """The node at ``path``, which the caller must be allowed to ``want``.
+
+    READ, DIRECTORY and GET_PERMS: the node, its value, children (whose
+    generation pages the list) or permissions are the answer.
+    """
     node = view.get(path)
     if node is None:
         raise _missing_error(view, caller, path, want)
@@ -534,19 +536,6 @@ def _check_memory(
 
 
 # -- operations ------------------------------------------------------------
-
-
-def read(view: View, caller: Caller, path: str) -> bytes:
-    return _lookup(view, caller, path, READ_BIT).value
-
-
-def directory(view: View, caller: Caller, path: str) -> Node:
-    """The node whose children are listed (its generation pages the list)."""
-    return _lookup(view, caller, path, READ_BIT)
-
-
-def get_perms(view: View, caller: Caller, path: str) -> Perms:
-    return _lookup(view, caller, path, READ_BIT).perms
 
 
 def write(view: View, caller: Caller, path: str, value: bytes, quotas: Quotas) -> None:
@@ -731,7 +720,7 @@ def set_perms(
     quotas: Quotas,
 ) -> None:
     """SET_PERMS on an ordinary node; ``perms`` already validated/parsed."""
-    node = _lookup(view, caller, path, WRITE_BIT | OWNER_BIT)
+    node = lookup(view, caller, path, WRITE_BIT | OWNER_BIT)
     old = node.perms
     if not caller.privileged and perms[0].domid != old[0].domid:
         raise NotPermitted("only the privileged domain may change the owner")
