@@ -257,7 +257,7 @@ def test_an_error_in_a_handler_before_any_change(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dom0 = world.dom0
-    _fail_on(monkeypatch, tree, "read", 1)
+    _fail_on(monkeypatch, tree, "lookup", 1)
     assert dom0.err(Op.READ, "/tool") == "EIO"
     monkeypatch.undo()
     assert dom0.ok(Op.READ, "/tool") == b""
