@@ -160,7 +160,9 @@ class Guests:
             # no longer names.
             for client in list(self.by_port.values()):
                 client.process()
-        self.daemon.flush()
+        daemon = self.daemon
+        if daemon.engine.pending:  # (the usual wake-up left nothing: no call)
+            daemon.flush()
 
     def rescan(self) -> None:
         """Safety net for lost kicks: look at every ring once."""
