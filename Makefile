@@ -18,8 +18,8 @@
 # Debian's own python3 where there is one: the interpreter a Debian dom0
 # runs the daemon with.  A CPython built from source with the defaults
 # (pyenv's: libpython shared, no PGO or LTO), found first on some PATHs,
-# runs the same daemon ~9% more instructions and ~20% slower per request
-# (docs/benchmarks.md, "Which Python").  PYTHON=... chooses another.
+# runs the same daemon with ~9% more instructions and 9-13% more CPU per
+# request (docs/benchmarks.md, "Which Python").  PYTHON=... chooses another.
 PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
