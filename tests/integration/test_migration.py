@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -200,6 +201,28 @@ def build_domain(daemon: RunningDaemon, domid: int = DOMID) -> None:
         Toolstack(c, hostdir(daemon)).create_domain(domid, gfn=GFN, port=PORT)
 
 
+class Parties(NamedTuple):
+    """A quiescing test's three ends: the guest, its page, the toolstack."""
+
+    guest: RawGuest
+    page: Page
+    toolstack: RawDom0
+
+
+@pytest.fixture
+def parties(host_a: RunningDaemon) -> Iterator[Parties]:
+    """Domain DOMID built on host A, with raw access to all three ends."""
+    build_domain(host_a)
+    with ExitStack() as stack:
+        guest = RawGuest(host_a.directory, DOMID)
+        stack.callback(guest.close)
+        page = Page(host_a.directory)
+        stack.callback(page.close)
+        toolstack = RawDom0(host_a)
+        stack.callback(toolstack.close)
+        yield Parties(guest, page, toolstack)
+
+
 def subtree(c: Client, domid: int) -> dict[str, tuple[bytes, list[str]]]:
     """Every node of the home: relative path -> (value, permissions)."""
     home = f"/local/domain/{domid}"
@@ -260,38 +283,30 @@ def test_quiesce_of_an_idle_domain_answers_at_once_and_again(
 
 @pytest.mark.parametrize("cut", [7, 16, 25])
 def test_quiesce_completes_the_half_written_request_first(
-    host_a: RunningDaemon, cut: int
+    host_a: RunningDaemon, parties: Parties, cut: int
 ) -> None:
     """c.9: the partial request is finished, run and answered before OK."""
-    build_domain(host_a)
-    guest = RawGuest(host_a.directory, DOMID)
-    page = Page(host_a.directory)
-    toolstack = RawDom0(host_a)
+    guest, page, toolstack = parties
     first = frame(Op.WRITE, b"data/first\x00" + b"one", 1)
     second = frame(Op.WRITE, b"data/second\x00" + b"two", 2)
-    try:
-        guest.ring.send_all(first[:cut])
-        wait_until(lambda: page[REQ_CONS] == cut, "the daemon took the partial bytes")
-        req = toolstack.send(Op.QUIESCE, str(DOMID))
-        assert toolstack.reply(0.3) is None, "QUIESCE answered with a request half in"
-        with dom0(host_a) as c:  # others are served meanwhile (a.3 item 6)
-            assert c.read(f"{HOME}/name") == b"guest5"
-        # The guest writes the rest and, behind it, a new request.
-        guest.ring.send_all(first[cut:] + second)
-        assert toolstack.reply(TIMEOUT) == (Op.QUIESCE, req, 0, OK)
-        # By then the first request ran and its reply is in the page ...
-        assert page[REQ_CONS] == len(first)
-        assert page[RSP_PROD] - page[RSP_CONS] == HEADER.size + 3
-        # ... and the second was left in the ring for the destination.
-        assert page.unread_requests() == len(second)
-        assert split(guest.ring.ring.read_replies())[0] == [(Op.WRITE, 1, 0, OK)]
-        with dom0(host_a) as c:
-            assert c.read(f"{HOME}/data/first") == b"one"
-            assert not c.exists(f"{HOME}/data/second")
-    finally:
-        toolstack.close()
-        guest.close()
-        page.close()
+    guest.ring.send_all(first[:cut])
+    wait_until(lambda: page[REQ_CONS] == cut, "the daemon took the partial bytes")
+    req = toolstack.send(Op.QUIESCE, str(DOMID))
+    assert toolstack.reply(0.3) is None, "QUIESCE answered with a request half in"
+    with dom0(host_a) as c:  # others are served meanwhile (a.3 item 6)
+        assert c.read(f"{HOME}/name") == b"guest5"
+    # The guest writes the rest and, behind it, a new request.
+    guest.ring.send_all(first[cut:] + second)
+    assert toolstack.reply(TIMEOUT) == (Op.QUIESCE, req, 0, OK)
+    # By then the first request ran and its reply is in the page ...
+    assert page[REQ_CONS] == len(first)
+    assert page[RSP_PROD] - page[RSP_CONS] == HEADER.size + 3
+    # ... and the second was left in the ring for the destination.
+    assert page.unread_requests() == len(second)
+    assert split(guest.ring.ring.read_replies())[0] == [(Op.WRITE, 1, 0, OK)]
+    with dom0(host_a) as c:
+        assert c.read(f"{HOME}/data/first") == b"one"
+        assert not c.exists(f"{HOME}/data/second")
 
 
 def flood_events(daemon: RunningDaemon, guest: RawGuest, count: int) -> None:
@@ -308,107 +323,85 @@ def flood_events(daemon: RunningDaemon, guest: RawGuest, count: int) -> None:
 
 
 def test_quiesce_flushes_queued_output_into_the_ring_first(
-    host_a: RunningDaemon,
+    host_a: RunningDaemon, parties: Parties
 ) -> None:
-    build_domain(host_a)
-    guest = RawGuest(host_a.directory, DOMID)
-    page = Page(host_a.directory)
-    toolstack = RawDom0(host_a)
-    try:
-        flood_events(host_a, guest, 40)  # ~2.6 KiB of events, the ring holds 1
-        wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
-        req = toolstack.send(Op.QUIESCE, str(DOMID))
-        assert toolstack.reply(0.3) is None, "OK with output still queued"
-        got: list[Packet] = []
-        reply = None
-        deadline = time.monotonic() + TIMEOUT
-        while reply is None:
-            assert time.monotonic() < deadline
-            got += guest.receive()  # the guest reads; the daemon refills
-            reply = toolstack.reply(0)
-        assert reply == (Op.QUIESCE, req, 0, OK)
-        # Whatever was queued is in the page now: the guest can read it all
-        # with the daemon's mapping gone.
-        got += split(guest.buf + guest.ring.ring.read_replies(4096))[0]
-        want = [(f"data/n{i:02d}", "w" * 40) for i in range(40)]
-        assert events_of(got) == want
-        assert page[RSP_PROD] == page[RSP_CONS]
-    finally:
-        toolstack.close()
-        guest.close()
-        page.close()
+    guest, page, toolstack = parties
+    flood_events(host_a, guest, 40)  # ~2.6 KiB of events, the ring holds 1
+    wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
+    req = toolstack.send(Op.QUIESCE, str(DOMID))
+    assert toolstack.reply(0.3) is None, "OK with output still queued"
+    got: list[Packet] = []
+    reply = None
+    deadline = time.monotonic() + TIMEOUT
+    while reply is None:
+        assert time.monotonic() < deadline
+        got += guest.receive()  # the guest reads; the daemon refills
+        reply = toolstack.reply(0)
+    assert reply == (Op.QUIESCE, req, 0, OK)
+    # Whatever was queued is in the page now: the guest can read it all
+    # with the daemon's mapping gone.
+    got += split(guest.buf + guest.ring.ring.read_replies(4096))[0]
+    want = [(f"data/n{i:02d}", "w" * 40) for i in range(40)]
+    assert events_of(got) == want
+    assert page[RSP_PROD] == page[RSP_CONS]
 
 
 def test_quiesce_is_ebusy_while_the_guest_does_not_read(
-    host_a: RunningDaemon,
+    host_a: RunningDaemon, parties: Parties
 ) -> None:
     """a.3 item 6: EBUSY after the timeout; the domain stays quiesced and
     a repeated QUIESCE waits again until the guest has read its output."""
-    build_domain(host_a)
-    guest = RawGuest(host_a.directory, DOMID)
-    page = Page(host_a.directory)
-    toolstack = RawDom0(host_a)
-    try:
-        flood_events(host_a, guest, 40)
-        wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
-        started = time.monotonic()
-        req = toolstack.send(Op.QUIESCE, str(DOMID))
-        assert toolstack.reply(TIMEOUT) == (ERROR, req, 0, b"EBUSY\x00")
-        waited = time.monotonic() - started
-        assert QUIESCE_TIMEOUT * 0.9 <= waited < QUIESCE_TIMEOUT + 2, waited
-        # Still quiesced: a new request is not taken from the ring.
-        consumed = page[REQ_CONS]
-        guest.send(Op.READ, b"name\x00", 50)
-        time.sleep(QUIET)
-        assert page[REQ_CONS] == consumed
-        # Again: it waits, the guest reads at last, then OK.
-        req = toolstack.send(Op.QUIESCE, str(DOMID))
-        assert toolstack.reply(0.3) is None
-        got: list[Packet] = []
-        reply = None
-        deadline = time.monotonic() + TIMEOUT
-        while reply is None:
-            assert time.monotonic() < deadline
-            got += guest.receive()
-            reply = toolstack.reply(0)
-        assert reply == (Op.QUIESCE, req, 0, OK)
+    guest, page, toolstack = parties
+    flood_events(host_a, guest, 40)
+    wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
+    started = time.monotonic()
+    req = toolstack.send(Op.QUIESCE, str(DOMID))
+    assert toolstack.reply(TIMEOUT) == (ERROR, req, 0, b"EBUSY\x00")
+    waited = time.monotonic() - started
+    assert QUIESCE_TIMEOUT * 0.9 <= waited < QUIESCE_TIMEOUT + 2, waited
+    # Still quiesced: a new request is not taken from the ring.
+    consumed = page[REQ_CONS]
+    guest.send(Op.READ, b"name\x00", 50)
+    time.sleep(QUIET)
+    assert page[REQ_CONS] == consumed
+    # Again: it waits, the guest reads at last, then OK.
+    req = toolstack.send(Op.QUIESCE, str(DOMID))
+    assert toolstack.reply(0.3) is None
+    got: list[Packet] = []
+    reply = None
+    deadline = time.monotonic() + TIMEOUT
+    while reply is None:
+        assert time.monotonic() < deadline
         got += guest.receive()
-        assert len(events_of(got)) == 40
-        assert all(m[1] != 50 for m in got), "the READ ran while quiesced"
-        assert page.unread_requests() == HEADER.size + len("name") + 1
-        # INTRODUCE resumes the domain and the READ is answered.
-        with dom0(host_a) as c:
-            c.introduce(DOMID, GFN, PORT)
-        assert guest.until(50)[-1] == (Op.READ, 50, 0, b"guest5")
-    finally:
-        toolstack.close()
-        guest.close()
-        page.close()
+        reply = toolstack.reply(0)
+    assert reply == (Op.QUIESCE, req, 0, OK)
+    got += guest.receive()
+    assert len(events_of(got)) == 40
+    assert all(m[1] != 50 for m in got), "the READ ran while quiesced"
+    assert page.unread_requests() == HEADER.size + len("name") + 1
+    # INTRODUCE resumes the domain and the READ is answered.
+    with dom0(host_a) as c:
+        c.introduce(DOMID, GFN, PORT)
+    assert guest.until(50)[-1] == (Op.READ, 50, 0, b"guest5")
 
 
-def test_introduce_cancels_a_pending_quiesce(host_a: RunningDaemon) -> None:
+def test_introduce_cancels_a_pending_quiesce(
+    host_a: RunningDaemon, parties: Parties
+) -> None:
     """a.3 item 6: the toolstack may cancel with INTRODUCE: EBUSY, resumed."""
-    build_domain(host_a)
-    guest = RawGuest(host_a.directory, DOMID)
-    page = Page(host_a.directory)
-    toolstack = RawDom0(host_a)
-    try:
-        flood_events(host_a, guest, 40)
-        wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
-        req = toolstack.send(Op.QUIESCE, str(DOMID))
-        assert toolstack.reply(0.3) is None
-        with dom0(host_a) as c:
-            c.introduce(DOMID, GFN, PORT)
-        assert toolstack.reply(0.5) == (ERROR, req, 0, b"EBUSY\x00")
-        # Served as before: the queued events, then a new request.
-        guest.send(Op.READ, b"name\x00", 60)
-        got = guest.until(60)
-        assert len(events_of(got)) == 40
-        assert got[-1] == (Op.READ, 60, 0, b"guest5")
-    finally:
-        toolstack.close()
-        guest.close()
-        page.close()
+    guest, page, toolstack = parties
+    flood_events(host_a, guest, 40)
+    wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
+    req = toolstack.send(Op.QUIESCE, str(DOMID))
+    assert toolstack.reply(0.3) is None
+    with dom0(host_a) as c:
+        c.introduce(DOMID, GFN, PORT)
+    assert toolstack.reply(0.5) == (ERROR, req, 0, b"EBUSY\x00")
+    # Served as before: the queued events, then a new request.
+    guest.send(Op.READ, b"name\x00", 60)
+    got = guest.until(60)
+    assert len(events_of(got)) == 40
+    assert got[-1] == (Op.READ, 60, 0, b"guest5")
 
 
 def test_quiesced_ring_is_left_alone_until_introduce(host_a: RunningDaemon) -> None:
@@ -484,26 +477,18 @@ def test_events_kept_while_quiesced_outlive_the_watch_event_timeout(
 
 
 def test_quiesce_pending_when_the_domain_dies_is_answered(
-    host_a: RunningDaemon,
+    host_a: RunningDaemon, parties: Parties
 ) -> None:
     """Every request gets a reply: a.3 item 9 ends quiescing at death."""
-    build_domain(host_a)
-    guest = RawGuest(host_a.directory, DOMID)
-    page = Page(host_a.directory)
-    toolstack = RawDom0(host_a)
-    try:
-        flood_events(host_a, guest, 40)
-        wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
-        req = toolstack.send(Op.QUIESCE, str(DOMID))
-        assert toolstack.reply(0.3) is None
-        hostdir(host_a).kill_domain(DOMID, remove=True)
-        reply = toolstack.reply(QUIESCE_TIMEOUT + 0.5)
-        assert reply is not None, "QUIESCE was never answered"
-        assert reply[:2] == (ERROR, req)
-    finally:
-        toolstack.close()
-        guest.close()
-        page.close()
+    guest, page, toolstack = parties
+    flood_events(host_a, guest, 40)
+    wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
+    req = toolstack.send(Op.QUIESCE, str(DOMID))
+    assert toolstack.reply(0.3) is None
+    hostdir(host_a).kill_domain(DOMID, remove=True)
+    reply = toolstack.reply(QUIESCE_TIMEOUT + 0.5)
+    assert reply is not None, "QUIESCE was never answered"
+    assert reply[:2] == (ERROR, req)
 
 
 # -- (b) the command line ------------------------------------------------------
