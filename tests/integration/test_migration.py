@@ -322,14 +322,26 @@ def flood_events(daemon: RunningDaemon, guest: RawGuest, count: int) -> None:
             c.write(f"{HOME}/data/n{i:02d}", b"")
 
 
+def fill_the_ring(daemon: RunningDaemon, parties: Parties) -> None:
+    """~2.6 KiB of events for a reply ring of 1 KiB: output stays queued."""
+    flood_events(daemon, parties.guest, 40)
+    page = parties.page
+    wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
+
+
+def quiesce_held(daemon: RunningDaemon, parties: Parties) -> int:
+    """QUIESCE sent with output still queued; its req_id (not answered yet)."""
+    fill_the_ring(daemon, parties)
+    req = parties.toolstack.send(Op.QUIESCE, str(DOMID))
+    assert parties.toolstack.reply(0.3) is None, "OK with output still queued"
+    return req
+
+
 def test_quiesce_flushes_queued_output_into_the_ring_first(
     host_a: RunningDaemon, parties: Parties
 ) -> None:
     guest, page, toolstack = parties
-    flood_events(host_a, guest, 40)  # ~2.6 KiB of events, the ring holds 1
-    wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
-    req = toolstack.send(Op.QUIESCE, str(DOMID))
-    assert toolstack.reply(0.3) is None, "OK with output still queued"
+    req = quiesce_held(host_a, parties)
     got: list[Packet] = []
     reply = None
     deadline = time.monotonic() + TIMEOUT
@@ -352,8 +364,7 @@ def test_quiesce_is_ebusy_while_the_guest_does_not_read(
     """a.3 item 6: EBUSY after the timeout; the domain stays quiesced and
     a repeated QUIESCE waits again until the guest has read its output."""
     guest, page, toolstack = parties
-    flood_events(host_a, guest, 40)
-    wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
+    fill_the_ring(host_a, parties)
     started = time.monotonic()
     req = toolstack.send(Op.QUIESCE, str(DOMID))
     assert toolstack.reply(TIMEOUT) == (ERROR, req, 0, b"EBUSY\x00")
@@ -389,11 +400,8 @@ def test_introduce_cancels_a_pending_quiesce(
     host_a: RunningDaemon, parties: Parties
 ) -> None:
     """a.3 item 6: the toolstack may cancel with INTRODUCE: EBUSY, resumed."""
-    guest, page, toolstack = parties
-    flood_events(host_a, guest, 40)
-    wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
-    req = toolstack.send(Op.QUIESCE, str(DOMID))
-    assert toolstack.reply(0.3) is None
+    guest, toolstack = parties.guest, parties.toolstack
+    req = quiesce_held(host_a, parties)
     with dom0(host_a) as c:
         c.introduce(DOMID, GFN, PORT)
     assert toolstack.reply(0.5) == (ERROR, req, 0, b"EBUSY\x00")
@@ -480,11 +488,8 @@ def test_quiesce_pending_when_the_domain_dies_is_answered(
     host_a: RunningDaemon, parties: Parties
 ) -> None:
     """Every request gets a reply: a.3 item 9 ends quiescing at death."""
-    guest, page, toolstack = parties
-    flood_events(host_a, guest, 40)
-    wait_until(lambda: page[RSP_PROD] - page[RSP_CONS] > 900, "a full ring")
-    req = toolstack.send(Op.QUIESCE, str(DOMID))
-    assert toolstack.reply(0.3) is None
+    toolstack = parties.toolstack
+    req = quiesce_held(host_a, parties)
     hostdir(host_a).kill_domain(DOMID, remove=True)
     reply = toolstack.reply(QUIESCE_TIMEOUT + 0.5)
     assert reply is not None, "QUIESCE was never answered"
