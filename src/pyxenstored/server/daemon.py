@@ -391,11 +391,7 @@ class Daemon:
         clients = self.clients
         for conn in pending.values():
             client = clients.get(conn.id)
-            # Connection.take_output, written out: every request passes here.
-            messages = conn.out
-            conn.out = []
-            if conn.queued_events:
-                conn.queued_events.clear()
+            messages = conn.take_output()
             if client is not None and messages:
                 client.send(messages)
 

@@ -160,9 +160,7 @@ class Guests:
             # no longer names.
             for client in list(self.by_port.values()):
                 client.process()
-        daemon = self.daemon
-        if daemon.engine.pending:  # (the usual wake-up left nothing: no call)
-            daemon.flush()
+        self.daemon.flush()
 
     def rescan(self) -> None:
         """Safety net for lost kicks: look at every ring once."""
